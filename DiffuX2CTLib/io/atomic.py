@@ -19,6 +19,12 @@ def _suffixes(path: Path) -> str:
     return "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, else delete it.
@@ -31,6 +37,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{_suffixes(final)}", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
     try:
         yield tmp
         os.replace(tmp, final)

@@ -1,0 +1,167 @@
+"""``make demo``: example chest CT -> AP and lateral DRRs -> reconstruction -> metrics and montage.
+
+    python -m DiffuX2CTLib.demo --out demo_output [--checkpoint MODEL.safetensors] [--ct CT]
+
+Without ``--checkpoint`` the demo builds a small *untrained* (randomly initialised) model, saves
+it as a real checkpoint and reconstructs with it through the worker process, exactly as the Slicer
+module does: the chain runs end to end, but the "reconstruction" is not meaningful, and the
+demo says so in its output and in ``metrics.json``.
+
+Outputs in ``--out``: ``xrays/`` (``ap.png``, ``lateral.png``, NRRD line integrals,
+``geometry.json``, ``ct_model_grid.nii.gz``), ``reconstruction.nii.gz``, ``montage.png``
+(axial, coronal and sagittal slices, ground truth above reconstruction) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+UNTRAINED_BANNER = (
+    "NOTE: no trained checkpoint given; this demo uses an UNTRAINED randomly initialised model, "
+    "so the reconstruction is noise-like and its metrics are not meaningful. Pass --checkpoint "
+    "with a trained model for a real reconstruction."
+)
+
+
+def build_untrained_checkpoint(geometry, out_dir: Path, seed: int = 0) -> Path:
+    """Save a randomly initialised small network for ``geometry`` as a real checkpoint."""
+    import torch
+
+    from .checkpoint import CheckpointInfo, save_checkpoint
+    from .diffusion.config import DiffusionConfig
+    from .network import DiffuX2CTNet, NetworkConfig
+
+    size = geometry.volume_shape[0]
+    config = NetworkConfig.tiny().replace(volume_size=size, xray_size=geometry.detector_shape[0])
+    torch.manual_seed(seed)
+    model = DiffuX2CTNet(config, geometry)
+    info = CheckpointInfo(network=config, diffusion=DiffusionConfig(), geometry=geometry, trained=False,
+                          weights="raw", training={"note": "untrained: random initialisation for the demo"})
+    weights, _ = save_checkpoint(out_dir / f"untrained-tiny-{size}.safetensors", model.state_dict(), info)
+    return weights
+
+
+def run_worker(ap: Path, lateral: Path, checkpoint: Path, output: Path, steps: int, sampler: str, seed: int) -> dict:
+    """Run the reconstruction worker as the Slicer module does, with a progress bar."""
+    from tqdm import tqdm
+
+    cmd = [sys.executable, "-m", "DiffuX2CTLib.worker", "--ap", str(ap), "--lateral", str(lateral),
+           "--checkpoint", str(checkpoint), "--steps", str(steps), "--sampler", sampler, "--seed", str(seed),
+           "--device", "auto", "--output", str(output)]
+    result: dict = {}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc, \
+            tqdm(total=steps, desc=f"reconstruct ({sampler})", unit="step", file=sys.stderr) as bar:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith("PROGRESS "):
+                done, total = (int(v) for v in line.split()[1].split("/"))
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+            elif line.startswith("{"):
+                result = json.loads(line)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: reconstruction worker failed ({result.get('error', proc.returncode)})")
+    return result
+
+
+def _window(a: np.ndarray, lo: float = -1000.0, hi: float = 1000.0) -> np.ndarray:
+    return (np.clip((a - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+
+
+def orthogonal_slices(volume: np.ndarray) -> list[np.ndarray]:
+    """Central axial, coronal and sagittal slices of a ``(D, H, W)`` LPS-aligned volume, in the
+    radiological display convention (patient right on image left, anterior/superior at the top)."""
+    d, h, w = volume.shape
+    axial = volume[d // 2]  # rows anterior -> posterior, columns right -> left
+    coronal = volume[::-1, h // 2, :]  # rows superior -> inferior, columns right -> left
+    sagittal = volume[::-1, :, w // 2]  # rows superior -> inferior, columns anterior -> posterior
+    return [axial, coronal, sagittal]
+
+
+def save_montage(path: Path, rows: list[tuple[str, np.ndarray]], scale: int = 3) -> None:
+    """A labelled PNG grid: one row per (label, volume), columns axial / coronal / sagittal."""
+    from PIL import Image, ImageDraw
+
+    from .io.atomic import atomic_file
+
+    tiles = [[_window(s) for s in orthogonal_slices(v)] for _, v in rows]
+    th = max(t.shape[0] for row in tiles for t in row) * scale
+    tw = max(t.shape[1] for row in tiles for t in row) * scale
+    label_h, pad = 18, 4
+    canvas = Image.new("L", (3 * (tw + pad) + pad, len(rows) * (th + label_h + pad) + pad), 0)
+    draw = ImageDraw.Draw(canvas)
+    for r, ((label, _), row) in enumerate(zip(rows, tiles)):
+        y = pad + r * (th + label_h + pad)
+        for c, (name, tile) in enumerate(zip(("axial", "coronal", "sagittal"), row)):
+            x = pad + c * (tw + pad)
+            img = Image.fromarray(tile).resize((tile.shape[1] * scale, tile.shape[0] * scale), Image.NEAREST)
+            canvas.paste(img, (x, y + label_h))
+            draw.text((x + 2, y + 2), f"{label} - {name}", fill=255)
+    with atomic_file(path) as tmp:
+        canvas.save(tmp, format="PNG")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m DiffuX2CTLib.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("demo_output"))
+    parser.add_argument("--ct", type=Path, default=None, help="CT to use instead of the example chest CT")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="trained checkpoint (default: untrained demo model)")
+    parser.add_argument("--size", type=int, default=32, help="volume/X-ray size of the untrained demo model")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--sampler", default="dpmsolver++", choices=["ddpm", "ddim", "dpmsolver++"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from .checkpoint import read_checkpoint_info
+    from .data import fetch_example_ct
+    from .errors import DiffuX2CTError
+    from .geometry import BiplanarGeometry
+    from .io.ct import model_array, read_ct
+    from .metrics import volume_metrics
+    from .simulate import simulate_xrays, write_simulation
+
+    try:
+        ct_path = args.ct or fetch_example_ct().ct
+        print(f"CT: {ct_path}")
+        if args.checkpoint:
+            info = read_checkpoint_info(args.checkpoint)
+            geometry, checkpoint, trained = info.geometry, args.checkpoint, info.trained
+        else:
+            geometry = BiplanarGeometry.preset("x2ct", volume_size=args.size, xray_size=args.size)
+            checkpoint, trained = None, False
+        xray_dir = args.out / "xrays"
+        sim = simulate_xrays(read_ct(ct_path), geometry)
+        write_simulation(sim, xray_dir, source=str(ct_path), write_model_ct=True)
+        print(f"DRRs ({geometry.name}, {geometry.detector_shape[0]}x{geometry.detector_shape[1]}): {xray_dir}/ap.png, {xray_dir}/lateral.png")
+        if checkpoint is None:
+            checkpoint = build_untrained_checkpoint(geometry, args.out / "model", seed=args.seed)
+        if not trained:
+            print(UNTRAINED_BANNER)
+        recon_path = args.out / "reconstruction.nii.gz"
+        result = run_worker(xray_dir / "ap.nrrd", xray_dir / "lateral.nrrd", Path(checkpoint), recon_path,
+                            args.steps, args.sampler, args.seed)
+        truth = model_array(read_ct(xray_dir / "ct_model_grid.nii.gz"))
+        recon = model_array(read_ct(recon_path))
+        metrics = volume_metrics(recon, truth)
+        save_montage(args.out / "montage.png", [("ground truth", truth), ("reconstruction", recon)])
+        report = {"model_trained": trained, "note": None if trained else UNTRAINED_BANNER, "metrics": metrics,
+                  "reconstruction": str(recon_path), "ct": str(ct_path), "worker": result.get("details", {})}
+        (args.out / "metrics.json").write_text(json.dumps(report, indent=2))
+    except DiffuX2CTError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"reconstruction: {recon_path}\nmontage: {args.out / 'montage.png'}\nmetrics: {args.out / 'metrics.json'}")
+    print("metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+          + ("" if trained else "   (untrained model: not meaningful)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
