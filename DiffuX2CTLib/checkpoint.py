@@ -198,8 +198,9 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> LoadedCheck
     from .network import DiffuX2CTNet
 
     weights_path, json_path = checkpoint_paths(path)
+    if weights_path.is_file():
+        _refuse_pickles(weights_path)
     info = read_checkpoint_info(path)
-    _refuse_pickles(weights_path)
     actual = sha256_file(weights_path)
     if actual != info.weights_sha256:
         raise CheckpointError(weights_path, f"SHA-256 {actual[:12]}... does not match the recorded "
