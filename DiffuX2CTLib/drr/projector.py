@@ -121,18 +121,29 @@ def load_system_matrix(geometry: BiplanarGeometry, cache_dir: str | os.PathLike 
         return matrix
 
 
+def _spmm(matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``matrix @ dense`` for a CSR matrix and a dense ``(K, B)`` block.
+
+    One column goes through the sparse matrix-vector kernel (about 25% faster than a one-column
+    matrix product on CPU); several columns are made row-major first, as the kernel expects.
+    """
+    if dense.shape[1] == 1:
+        return torch.mv(matrix, dense[:, 0]).unsqueeze(1)
+    return torch.sparse.mm(matrix, dense.contiguous())
+
+
 class _SparseProject(torch.autograd.Function):
     """``y = A x`` for a batch of flattened volumes, with ``dx = A^T dy``."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, a: torch.Tensor, at: torch.Tensor) -> torch.Tensor:  # x: (N, B)
         ctx.save_for_backward(at)  # sparse tensors are kept alive, not copied
-        return torch.sparse.mm(a, x)
+        return _spmm(a, x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # grad: (R, B)
         (at,) = ctx.saved_tensors
-        grad_x = torch.sparse.mm(at, grad.contiguous()) if ctx.needs_input_grad[0] else None
+        grad_x = _spmm(at, grad) if ctx.needs_input_grad[0] else None
         return grad_x, None, None
 
 
