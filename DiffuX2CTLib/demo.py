@@ -7,9 +7,10 @@ it as a real checkpoint and reconstructs with it through the worker process, exa
 module does: the chain runs end to end, but the "reconstruction" is not meaningful, and the
 demo says so in its output and in ``metrics.json``.
 
-Outputs in ``--out``: ``xrays/`` (``ap.png``, ``lateral.png``, NRRD line integrals,
-``geometry.json``, ``ct_model_grid.nii.gz``), ``reconstruction.nii.gz``, ``montage.png``
-(axial, coronal and sagittal slices, ground truth above reconstruction) and ``metrics.json``.
+Outputs in ``--out``: ``xrays/`` (``ap.png``, ``lateral.png`` and NRRD line integrals at
+256 x 256, ``geometry.json``), ``ground_truth.nii.gz`` (the CT on the model grid),
+``reconstruction.nii.gz``, ``montage.png`` (axial, coronal and sagittal slices, ground truth
+above reconstruction) and ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ct", type=Path, default=None, help="CT to use instead of the example chest CT")
     parser.add_argument("--checkpoint", type=Path, default=None, help="trained checkpoint (default: untrained demo model)")
     parser.add_argument("--size", type=int, default=32, help="volume/X-ray size of the untrained demo model")
+    parser.add_argument("--drr-size", type=int, default=256, help="pixels of the written DRRs (M x M)")
+    parser.add_argument("--drr-volume-size", type=int, default=128, help="CT grid the DRRs are computed from (N^3)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--sampler", default="dpmsolver++", choices=["ddpm", "ddim", "dpmsolver++"])
     parser.add_argument("--seed", type=int, default=0)
@@ -123,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data import fetch_example_ct
     from .errors import DiffuX2CTError
     from .geometry import BiplanarGeometry
-    from .io.ct import model_array, read_ct
+    from .io.atomic import atomic_file
+    from .io.ct import model_array, read_ct, to_model_grid, write_ct
     from .metrics import volume_metrics
     from .simulate import simulate_xrays, write_simulation
 
@@ -136,24 +140,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             geometry = BiplanarGeometry.preset("x2ct", volume_size=args.size, xray_size=args.size)
             checkpoint, trained = None, False
+        # DRRs at full detector resolution in the model's physical set-up; the worker resamples
+        # them to the model's detector keeping the millimetre scale (NRRD spacing).
+        drr_geometry = geometry.with_sizes(volume_size=args.drr_volume_size, xray_size=args.drr_size)
         xray_dir = args.out / "xrays"
-        sim = simulate_xrays(read_ct(ct_path), geometry)
-        write_simulation(sim, xray_dir, source=str(ct_path), write_model_ct=True)
-        print(f"DRRs ({geometry.name}, {geometry.detector_shape[0]}x{geometry.detector_shape[1]}): {xray_dir}/ap.png, {xray_dir}/lateral.png")
+        ct = read_ct(ct_path)
+        sim = simulate_xrays(ct, drr_geometry)
+        write_simulation(sim, xray_dir, source=str(ct_path))
+        print(f"DRRs ({drr_geometry.name}, {args.drr_size}x{args.drr_size}): {xray_dir}/ap.png, {xray_dir}/lateral.png")
         if checkpoint is None:
             checkpoint = build_untrained_checkpoint(geometry, args.out / "model", seed=args.seed)
         if not trained:
             print(UNTRAINED_BANNER)
+        truth_path = args.out / "ground_truth.nii.gz"
+        write_ct(to_model_grid(ct, geometry, center_lps=sim.ct_center_lps), truth_path)
         recon_path = args.out / "reconstruction.nii.gz"
         result = run_worker(xray_dir / "ap.nrrd", xray_dir / "lateral.nrrd", Path(checkpoint), recon_path,
                             args.steps, args.sampler, args.seed)
-        truth = model_array(read_ct(xray_dir / "ct_model_grid.nii.gz"))
+        truth = model_array(read_ct(truth_path))
         recon = model_array(read_ct(recon_path))
         metrics = volume_metrics(recon, truth)
         save_montage(args.out / "montage.png", [("ground truth", truth), ("reconstruction", recon)])
         report = {"model_trained": trained, "note": None if trained else UNTRAINED_BANNER, "metrics": metrics,
                   "reconstruction": str(recon_path), "ct": str(ct_path), "worker": result.get("details", {})}
-        (args.out / "metrics.json").write_text(json.dumps(report, indent=2))
+        with atomic_file(args.out / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
     except DiffuX2CTError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

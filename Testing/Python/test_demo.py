@@ -24,7 +24,10 @@ def test_demo_runs_full_chain_and_says_model_is_untrained(tmp_path, monkeypatch,
     ct.SetSpacing((3.0, 3.0, 3.0))
     sitk.WriteImage(ct, str(tmp_path / "ct.nii.gz"))
     out = tmp_path / "demo"
-    assert main(["--out", str(out), "--ct", str(tmp_path / "ct.nii.gz"), "--size", "16", "--steps", "2"]) == 0
+    assert main(["--out", str(out), "--ct", str(tmp_path / "ct.nii.gz"), "--size", "16", "--steps", "2",
+                 "--drr-size", "40", "--drr-volume-size", "24"]) == 0
+    # DRRs are written at their own resolution; the worker resampled them to the 16 x 16 model input
+    assert sitk.ReadImage(str(out / "xrays" / "ap.nrrd")).GetSize() == (40, 40)
     stdout = capsys.readouterr().out
     assert UNTRAINED_BANNER in stdout and "not meaningful" in stdout
     report = json.loads((out / "metrics.json").read_text())
@@ -32,7 +35,7 @@ def test_demo_runs_full_chain_and_says_model_is_untrained(tmp_path, monkeypatch,
     assert set(report["metrics"]) == {"psnr_db", "ssim", "mae_hu", "rmse_hu"}
     assert report["worker"]["steps"] == 2
     recon = sitk.ReadImage(str(out / "reconstruction.nii.gz"))
-    truth = sitk.ReadImage(str(out / "xrays" / "ct_model_grid.nii.gz"))
+    truth = sitk.ReadImage(str(out / "ground_truth.nii.gz"))
     assert recon.GetSize() == truth.GetSize() == (16, 16, 16)
     np.testing.assert_allclose(recon.GetOrigin(), truth.GetOrigin(), atol=1e-3)  # same place in the patient
     montage = np.asarray(Image.open(out / "montage.png"))
