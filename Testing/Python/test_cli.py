@@ -44,7 +44,8 @@ def test_simulate_writes_views_with_geometry(tmp_path, monkeypatch, capsys):
         assert png.pixels.shape == (24, 24) and png.pixels.max() > 60000  # 16-bit range used
         nrrd = read_xray(out / f"{view}.nrrd")
         assert nrrd.spacing_mm == pytest.approx((pitch, pitch))
-        assert nrrd.pixels.max() > 0.5  # line integrals through ~40 mm of water and bone
+        # ~36 mm of water (0.7) plus a bone block, blurred by the 20 mm model voxels
+        assert 0.3 < nrrd.pixels.max() < 1.5
     assert str(out / "ap.png") in capsys.readouterr().out
 
 
