@@ -7,6 +7,7 @@ problem), 130 interrupted. No partial output is left behind on failure.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -23,12 +24,35 @@ def _progress_bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
 
 
+def load_geometry(name_or_path: str, size: int | None, xray_size: int | None):
+    """A preset name, or a geometry JSON file (e.g. a ``geometry.json`` sidecar or one you wrote),
+    optionally resampled to ``size``^3 voxels and ``xray_size``^2 pixels."""
+    from .errors import InputError
+    from .geometry import PRESETS, BiplanarGeometry
+
+    if name_or_path in PRESETS:
+        return BiplanarGeometry.preset(name_or_path, volume_size=size or 128, xray_size=xray_size or size or 128)
+    path = Path(name_or_path)
+    if path.suffix != ".json":
+        raise InputError(None, f"--geometry must be one of {sorted(PRESETS)} or a .json file, got {name_or_path!r}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"cannot read geometry JSON ({exc})") from exc
+    try:
+        geometry = BiplanarGeometry.from_dict(data.get("geometry", data))  # a sidecar nests it
+    except (TypeError, AttributeError) as exc:
+        raise InputError(path, f"not a geometry description ({exc})") from exc
+    except InputError as exc:
+        raise InputError(path, exc.problem) from exc
+    return geometry.with_sizes(volume_size=size, xray_size=xray_size or size) if size or xray_size else geometry
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from .geometry import BiplanarGeometry
     from .io.ct import read_ct
     from .simulate import simulate_xrays, write_simulation
 
-    geometry = BiplanarGeometry.preset(args.geometry, volume_size=args.size, xray_size=args.xray_size or args.size)
+    geometry = load_geometry(args.geometry, args.size, args.xray_size)
     with _progress_bar(4, "simulate") as bar:
         bar.set_postfix_str("reading CT")
         ct = read_ct(args.ct)
@@ -60,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="write AP and lateral DRRs of a CT")
     p.add_argument("--ct", required=True, type=Path, help="CT file (NIfTI, NRRD, MHA) or DICOM series folder")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--geometry", default="x2ct", choices=["x2ct", "clinical"], help="geometry preset")
-    p.add_argument("--size", type=int, default=128, help="model CT cube size N (N^3 voxels); also the X-ray size unless --xray-size")
+    p.add_argument("--geometry", default="x2ct", help="preset (x2ct, clinical) or a geometry JSON file")
+    p.add_argument("--size", type=int, default=None,
+                   help="CT cube size N (N^3 voxels, default 128 for presets); also the X-ray size unless --xray-size")
     p.add_argument("--xray-size", type=int, default=None, help="DRR size M (M x M pixels)")
     p.add_argument("--write-ct", action="store_true", help="also write the CT resampled onto the model grid")
     p.set_defaults(func=cmd_simulate)
@@ -75,9 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "size", 1) is not None and getattr(args, "size", 1) < 2:
-        print("error: --size must be at least 2", file=sys.stderr)
-        return EXIT_ERROR
+    for flag in ("size", "xray_size"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 2:
+            print(f"error: --{flag.replace('_', '-')} must be at least 2", file=sys.stderr)
+            return EXIT_ERROR
     try:
         return args.func(args)
     except DiffuX2CTError as exc:

@@ -122,3 +122,21 @@ def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
             simulate_module.simulate_xrays(sitk.ReadImage(str(write_phantom(tmp_path / "ct.nrrd"))),
                                            simulate_module.BiplanarGeometry.preset("x2ct", 8, 8)), out)
     assert list(out.iterdir()) == []
+
+
+def test_geometry_from_json_sidecar_and_bad_geometry(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DIFFUX2CT_CACHE", str(tmp_path / "cache"))
+    ct = write_phantom(tmp_path / "ct.nrrd")
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["simulate", "--ct", str(ct), "--out", str(first), "--geometry", "clinical", "--size", "12"]) == 0
+    # the sidecar of one run is a valid --geometry for the next, giving the identical set-up
+    assert main(["simulate", "--ct", str(ct), "--out", str(second), "--geometry", str(first / "geometry.json")]) == 0
+    a, b = (json.loads((d / "geometry.json").read_text())["geometry"] for d in (first, second))
+    assert a == b and a["name"] == "clinical"
+    np.testing.assert_array_equal(read_xray(first / "ap.nrrd").pixels, read_xray(second / "ap.nrrd").pixels)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "x", "source_to_isocenter_mm": 10}))
+    assert main(["simulate", "--ct", str(ct), "--out", str(tmp_path / "o"), "--geometry", str(bad)]) == 2
+    assert main(["simulate", "--ct", str(ct), "--out", str(tmp_path / "o"), "--geometry", "lidc"]) == 2
+    errors = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error")]
+    assert "bad.json: missing geometry fields" in errors[0] and "'lidc'" in errors[1]
