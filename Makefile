@@ -35,6 +35,7 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/drr.py
+	$(PY) benchmarks/sampling.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -212,7 +212,7 @@ def child_main(spec: dict) -> dict:
             denoise(condition)
         out["first_call_s"] = sw.seconds  # includes torch.compile's compilation when --compile
     times, utils = [], []
-    for _ in range(spec["repeats"]):
+    while len(times) < spec["repeats"] and (not times or sum(times) < spec["min_time"] or len(times) < spec["min_repeats"]):
         with Stopwatch(cuda) as sw:
             denoise(condition)
         times.append(sw.seconds)
@@ -308,8 +308,13 @@ def measure_reconstructions(args, device, cfg, plan: list[tuple[str, int]], ddpm
             kwargs = {"cancel": budget.cancel, "progress": budget.progress} if budget else {}
             return reconstruct(ap, lateral, loaded, steps=steps, sampler=sampler, seed=0, device=str(device), **kwargs)
 
-        with Stopwatch(cuda) as sw:
-            details = run("dpmsolver++", 2).details  # warm-up (and compilation, with --compile)
+        try:
+            with Stopwatch(cuda) as sw:
+                details = run("dpmsolver++", 2).details  # warm-up (and compilation, with --compile)
+        except Exception as exc:  # noqa: BLE001 - e.g. torch.compile failing: report, skip part 2
+            result.update(error=f"warm-up failed: {type(exc).__name__}: {exc}", warmup_s=None, dtype=None)
+            print(f"  {result['error']}", flush=True)
+            return result
         result["warmup_s"] = sw.seconds
         result["dtype"] = details["dtype"]
         if cuda:
@@ -370,12 +375,18 @@ def parse_args(argv=None):
     parser.add_argument("--recon-size", type=int, default=None,
                         help="volume size of the measured reconstructions (default 64 small, largest --sizes paper)")
     parser.add_argument("--skip-recon", action="store_true", help="skip the measured reconstructions (part 2)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed forwards per case (default 5 CUDA, 1 CPU)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="at most this many timed forwards per case (fewer on the CPU, see --min-time)")
+    parser.add_argument("--min-time", type=float, default=3.0,
+                        help="on the CPU, stop timing a case once its timed forwards took this long (at least one)")
+    parser.add_argument("--ddpm-steps", type=int, default=None,
+                        help="steps of the measured DDPM run (default: all T = 1000 training steps; 20 with --quick)")
     parser.add_argument("--warmup", default="auto", choices=["auto", "0", "1"],
                         help="warm-up forward per case; auto: yes, except on the CPU at >= 128^3 (and always with --compile)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--child-timeout", type=float, default=None, help="seconds allowed per part-1 case")
-    parser.add_argument("--quick", action="store_true", help="tiny networks at 16^3/32^3: a smoke run of the script")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny networks at 16^3, DDPM-20 instead of DDPM-1000: a smoke run of the script (< 1 min)")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -401,16 +412,17 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
-    sizes = [int(s) for s in (args.sizes or ("16,32" if args.quick else "64,128")).split(",") if s.strip()]
+    sizes = [int(s) for s in (args.sizes or ("16" if args.quick else "64,128")).split(",") if s.strip()]
     fast_steps = [int(s) for s in args.steps.split(",") if s.strip()]
     T = DiffusionConfig().num_train_timesteps
-    repeats = args.repeats or (5 if cuda else 1)
+    repeats = max(1, args.repeats)
+    ddpm_steps = args.ddpm_steps or (20 if args.quick else T)
     started = time.perf_counter()
     loads = {"start": load_average()}
 
     print(f"device: {device} ({device_name(device)}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"python {platform.python_version()}")
-    print(f"dtype {args.dtype} (autocast), torch.compile {'on' if args.compile else 'off'}"
+    print(f"dtype {args.dtype}{' (autocast)' if args.dtype == 'bfloat16' else ''}, torch.compile {'on' if args.compile else 'off'}"
           f"{' (' + args.compile_mode + ')' if args.compile_mode else ''}; load average at start {loads['start']}")
     if args.quick:
         print("QUICK smoke run: tiny networks, the figures say nothing about the real model")
@@ -419,11 +431,16 @@ def main(argv=None) -> None:
     cases = [("paper", s) for s in sizes]
     recon_kind = args.recon_config
     recon_size = args.recon_size or ((16 if args.quick else 64) if recon_kind == "small" else max(sizes))
-    if not args.skip_recon and (recon_kind, recon_size) not in cases:
-        cases.append((recon_kind, recon_size))
+    recon_case = f"{recon_kind}@{recon_size}"
+    if not args.skip_recon:
+        same = [k for k, s in cases if build_config(k, s, args.quick) == build_config(recon_kind, recon_size, args.quick)]
+        if same:  # e.g. --recon-config paper, or --quick where both are the tiny network
+            recon_case = f"{same[0]}@{recon_size}"
+        else:
+            cases.append((recon_kind, recon_size))
     print(f"\nPer network evaluation, batch 1, each case in a fresh process "
           f"({'max_memory_allocated' if cuda else 'ru_maxrss above the post-import baseline'}):")
-    header = (f"  {'case':12s}{'params':>12s}{'GFLOP':>9s}{'encode':>11s}{'1st call':>11s}{'forward':>11s}"
+    header = (f"  {'case':12s}{'params':>12s}{'GFLOP':>9s}{'encode':>11s}{'1st call':>11s}{'forward':>11s}{'n':>3s}"
               f"{'cpu util':>10s}{'peak MiB':>10s}{'peak enc':>10s}")
     print(header)
     per_eval: dict[str, dict] = {}
@@ -434,7 +451,7 @@ def main(argv=None) -> None:
             warmup = args.warmup == "1" or args.compile
         spec = {"kind": kind, "size": size, "device": str(device), "dtype": args.dtype, "compile": args.compile,
                 "compile_mode": args.compile_mode, "repeats": repeats, "warmup": warmup, "threads": args.threads,
-                "quick": args.quick}
+                "quick": args.quick, "min_time": 0.0 if cuda else args.min_time, "min_repeats": repeats if cuda else 1}
         res = run_child(spec, args.child_timeout)
         name = f"{kind}@{size}"
         per_eval[name] = res
@@ -444,11 +461,11 @@ def main(argv=None) -> None:
         gflop = f"{res['denoiser_gflop']:.0f}" if res.get("denoiser_gflop") else "-"
         first = fmt_seconds(res["first_call_s"]) if res["warmup"] else "skipped"
         print(f"  {name:12s}{res['params']:>12,d}{gflop:>9s}{fmt_seconds(res['encode_s']):>11s}{first:>11s}"
-              f"{fmt_seconds(res['eval_s']):>11s}{res['cpu_util']:>10.2f}{res['peak_mib']:>10.0f}"
+              f"{fmt_seconds(res['eval_s']):>11s}{len(res['eval_all_s']):>3d}{res['cpu_util']:>10.2f}{res['peak_mib']:>10.0f}"
               f"{res['peak_encode_mib']:>10.0f}", flush=True)
     loads["after_per_eval"] = load_average()
-    print("  forward = median of %d timed denoiser call(s); encode = condition encoding, once per reconstruction;"
-          % repeats)
+    print("  forward = median of the timed denoiser calls (%s); encode = condition encoding, once per reconstruction;"
+          % (f"{repeats}" if cuda else f"until {args.min_time:g} s or {repeats} calls"))
     print("  1st call = the warm-up forward (includes compilation with --compile); 'skipped' = no warm-up, the")
     print("  timed call is the first one. cpu util = CPU seconds / wall seconds of the timed forward "
           "(~threads when the cores were free).")
@@ -456,7 +473,7 @@ def main(argv=None) -> None:
     # part 2 -----------------------------------------------------------------------------------------
     plan = [(s, n) for s in FAST_SAMPLERS for n in fast_steps]
     if not args.skip_ddpm:
-        plan.append(("ddpm", T))
+        plan.append(("ddpm", ddpm_steps))
     measured = None
     if not args.skip_recon:
         cfg = build_config(recon_kind, recon_size, args.quick)
@@ -467,10 +484,10 @@ def main(argv=None) -> None:
         print(f"  {'sampler':16s}{'evals':>7s}{'seconds':>12s}{'per eval':>12s}{'cpu util':>10s}")
         measured = measure_reconstructions(args, device, cfg, plan, args.ddpm_budget)
         measured["kind"], measured["size"] = recon_kind, recon_size
-        ref = per_eval.get(f"{recon_kind}@{recon_size}", {})
+        ref = per_eval.get(recon_case, {})
         print(f"  {measured['params']:,} parameters; reconstruct dtype {measured['dtype']}; checkpoint load "
               f"{fmt_seconds(measured['checkpoint_load_s'])} (done once, not in the times); warm-up "
-              f"{fmt_seconds(measured['warmup_s'])}")
+              f"{fmt_seconds(measured['warmup_s'])} (a 2-step DPM-Solver++ run{', compiles' if args.compile else ''})")
         if "eval_s" in ref:
             for row in measured["rows"]:
                 if "seconds" in row:
@@ -517,6 +534,8 @@ def main(argv=None) -> None:
         "measured_reconstruction": None if measured is None else {
             "network": f"{measured['kind']}@{measured['size']}", "config": measured["config"],
             "params": measured["params"], "untrained": True, "dtype": measured["dtype"],
+            "warmup_s": None if measured["warmup_s"] is None else round(measured["warmup_s"], 3),
+            "error": measured.get("error"),
             "peak_mib": round(measured["peak_mib"], 1) if "peak_mib" in measured else None,
             "seconds": {f"{r['sampler']}-{r['steps']}": (round(r["seconds"], 3) if "seconds" in r else None)
                         for r in measured["rows"]},
