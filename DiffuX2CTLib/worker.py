@@ -42,7 +42,8 @@ def _parse_isocenter(text: str) -> tuple[float, float, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m DiffuX2CTLib.worker", description="DiffuX2CT reconstruction worker.")
+    p = argparse.ArgumentParser(prog="python -m DiffuX2CTLib.worker (or: diffux2ct reconstruct)",
+                                description="DiffuX2CT reconstruction worker.")
     p.add_argument("--ap", required=True, type=Path, help="AP radiograph (DICOM, PNG, TIFF, JPEG or NRRD)")
     p.add_argument("--lateral", required=True, type=Path, help="lateral radiograph")
     p.add_argument("--checkpoint", required=True, type=Path, help="NAME.safetensors (with NAME.json beside it)")

@@ -140,3 +140,14 @@ def test_geometry_from_json_sidecar_and_bad_geometry(tmp_path, monkeypatch, caps
     assert main(["simulate", "--ct", str(ct), "--out", str(tmp_path / "o"), "--geometry", "lidc"]) == 2
     errors = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error")]
     assert "bad.json: missing geometry fields" in errors[0] and "'lidc'" in errors[1]
+
+
+def test_reconstruct_subcommand_is_the_worker(tmp_path, capsys):
+    """``diffux2ct reconstruct`` forwards to the worker: same JSON result line and exit codes."""
+    from DiffuX2CTLib.worker import EXIT_BAD_INPUT
+
+    args = ["reconstruct", "--ap", str(tmp_path / "ap.png"), "--lateral", str(tmp_path / "lat.png"),
+            "--checkpoint", str(tmp_path / "m.safetensors"), "--output", str(tmp_path / "ct.nrrd")]
+    assert main(args) == EXIT_BAD_INPUT
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["status"] == "error" and "ap.png: --ap file not found" in result["error"]
