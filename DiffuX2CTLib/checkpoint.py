@@ -14,7 +14,6 @@ names and shapes match the network built from the JSON. Files that look like pic
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from .diffusion.config import DiffusionConfig
 from .errors import CheckpointError
 from .geometry import BiplanarGeometry
 from .io.atomic import atomic_file
+from .io.files import sha256_file
 from .io.intensity import MU_WATER_PER_MM, CTIntensity
 from .io.xray import XRayNormalization
 from .network.config import NetworkConfig
@@ -142,14 +142,6 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     if p.suffix not in (".safetensors", ".json"):
         raise CheckpointError(p, "a checkpoint is NAME.safetensors with NAME.json beside it")
     return p.with_suffix(".safetensors"), p.with_suffix(".json")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _refuse_pickles(path: Path) -> None:

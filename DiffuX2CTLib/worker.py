@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Sequence
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_BAD_CHECKPOINT, EXIT_RUNTIME, EXIT_CANCELLED = 0, 2, 3, 4, 5
-OUTPUT_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha")
 
 
 def _emit(line: str) -> None:
@@ -62,9 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_output(path: Path, flag: str) -> None:
     from .errors import InputError
+    from .io.ct import WRITE_SUFFIXES
 
-    if not str(path).endswith(OUTPUT_SUFFIXES):
-        raise InputError(path, f"{flag} must end with one of {', '.join(OUTPUT_SUFFIXES)}")
+    if not str(path).endswith(WRITE_SUFFIXES):
+        raise InputError(path, f"{flag} must end with one of {', '.join(WRITE_SUFFIXES)}")
     if path.parent and not path.parent.exists():
         raise InputError(path, f"folder of {flag} does not exist")
 

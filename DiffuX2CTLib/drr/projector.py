@@ -22,16 +22,12 @@ import torch
 
 from ..geometry import BiplanarGeometry
 from ..io.atomic import atomic_file
+from ..io.files import default_cache_dir
 from ..io.intensity import MU_WATER_PER_MM, hu_to_mu
 from ..io.xray import XRayNormalization
 from .siddon import system_matrix
 
 MATRIX_FORMAT = "siddon-csr-v1"
-
-
-def default_cache_dir() -> Path:
-    """``$DIFFUX2CT_CACHE`` or ``~/.cache/diffux2ct``."""
-    return Path(os.environ.get("DIFFUX2CT_CACHE") or Path.home() / ".cache" / "diffux2ct")
 
 
 class SystemMatrix:
