@@ -101,7 +101,8 @@ def write_simulation(result: SimulatedXRays, out_dir: str | Path, source: str | 
         for i, view in enumerate(result.geometry.views):
             if progress:
                 progress(f"writing {view}")
-            write_png16(stage / f"{view}.png", (result.radiographs[i] + 1.0) / 2.0)
+            write_png16(stage / f"{view}.png", (result.radiographs[i] + 1.0) / 2.0,
+                        spacing_mm=result.geometry.detector_spacing_mm)
             write_xray_nrrd(stage / f"{view}.nrrd", result.line_integrals[i], result.geometry.detector_spacing_mm)
             names += [f"{view}.png", f"{view}.nrrd"]
         if write_model_ct:

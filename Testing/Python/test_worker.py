@@ -170,3 +170,18 @@ def test_reconstruct_cancel_and_errors(case):
             reconstruct(case["ap"], case["lateral"], case["checkpoint"], device="cuda")
     with pytest.raises(InputError, match="expected \\(16, 16\\)"):
         reconstruct(np.zeros((8, 8)), np.zeros((16, 16)), case["checkpoint"], device="cpu")
+
+
+def test_simulated_png_and_nrrd_enter_the_network_the_same_way(case):
+    """One normalisation path: the 16-bit PNG DRRs (display images) and the NRRD line integrals
+    give the same network input, up to 16-bit quantisation."""
+    from DiffuX2CTLib.inference import prepare_xrays
+    from DiffuX2CTLib.io.xray import XRayNormalization, read_xray
+
+    folder = case["ap"].parent
+    assert read_xray(folder / "ap.png").spacing_mm == pytest.approx(case["geometry"].detector_spacing_mm)
+    norm = XRayNormalization()
+    from_png = prepare_xrays(folder / "ap.png", folder / "lateral.png", case["geometry"], norm)
+    from_nrrd = prepare_xrays(case["ap"], case["lateral"], case["geometry"], norm)
+    assert from_png.shape == from_nrrd.shape == (2, 16, 16)
+    np.testing.assert_allclose(from_png, from_nrrd, atol=2e-3)
