@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -11,6 +11,22 @@ import SimpleITK as sitk
 
 #: ``../shared/data`` next to the repository root (real CTs; read-only, may be absent).
 SHARED_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory) -> Iterator[Path]:
+    """Point ``$DIFFUX2CT_CACHE`` (system matrices, example data) at a per-session temporary
+    folder, so tests neither read a user's cache nor leave files in it. Subprocesses inherit it."""
+    import os
+
+    path = tmp_path_factory.mktemp("diffux2ct-cache")
+    previous = os.environ.get("DIFFUX2CT_CACHE")
+    os.environ["DIFFUX2CT_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("DIFFUX2CT_CACHE", None)
+    else:
+        os.environ["DIFFUX2CT_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")
