@@ -41,8 +41,11 @@ def test_gradients_reach_every_parameter_through_simple_and_projection_loss(tmp_
     for step in range(3):
         opt.zero_grad()
         condition = model.encode_condition(xrays)
+        # the x0 estimate is not clipped on its way to HU (as in the paper), so every voxel gets a
+        # gradient; the projector's HU -> mu clamps negative attenuation itself
         terms = diffusion_loss(lambda x_t, t: model(x_t, t, condition), x0, schedule, project=projector,
-                               to_projectable=intensity.denormalize, t=torch.tensor([50, 400]))
+                               to_projectable=lambda x: intensity.denormalize(x, clip=False),
+                               t=torch.tensor([50, 400]))
         assert terms.proj.dtype == torch.float32 and terms.proj > 0 and terms.simple > 0
         torch.testing.assert_close(terms.total, terms.simple + terms.proj / 1000)
         # the projection term on its own reaches the network through the projector's backward
