@@ -16,7 +16,7 @@ from typing import Any, Callable, Union
 
 import numpy as np
 
-from .errors import DiffuX2CTError, InputError
+from .errors import CancelledError, DiffuX2CTError, InputError
 
 XRayInput = Union[str, os.PathLike, "XRayImage", np.ndarray]  # noqa: F821
 
@@ -122,8 +122,6 @@ def reconstruct(
     try:
         with torch.inference_mode(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_bf16):
             if cancel and cancel():
-                from .errors import CancelledError
-
                 raise CancelledError("cancelled before sampling")
             condition = model.encode_condition(xrays).expand(num_samples, -1, -1, -1, -1)
 

@@ -25,6 +25,8 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
+from .errors import CancelledError, CheckpointError, DiffuX2CTError, InputError
+
 EXIT_OK, EXIT_BAD_INPUT, EXIT_BAD_CHECKPOINT, EXIT_RUNTIME, EXIT_CANCELLED = 0, 2, 3, 4, 5
 
 
@@ -60,7 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_output(path: Path, flag: str) -> None:
-    from .errors import InputError
     from .io.ct import WRITE_SUFFIXES
 
     if not str(path).endswith(WRITE_SUFFIXES):
@@ -71,7 +72,6 @@ def _check_output(path: Path, flag: str) -> None:
 
 def run(args: argparse.Namespace, cancel_event: threading.Event) -> dict:
     """Do the reconstruction; raises DiffuX2CT errors for the caller to map to exit codes."""
-    from .errors import InputError
     from .inference import read_isocenter, reconstruct
     from .io.ct import write_ct
 
@@ -97,8 +97,6 @@ def run(args: argparse.Namespace, cancel_event: threading.Event) -> dict:
         isocenter_lps=isocenter or (0.0, 0.0, 0.0), eta=args.eta,
     )
     if cancel_event.is_set():
-        from .errors import CancelledError
-
         raise CancelledError("cancelled after sampling; nothing written")
     written = [write_ct(result.ct, args.output)]
     if args.std is not None and result.std is not None:
@@ -123,8 +121,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse already printed the usage error
         return EXIT_BAD_INPUT if exc.code else EXIT_OK
-    from .errors import CancelledError, CheckpointError, DiffuX2CTError, InputError
-
     try:
         outcome = run(args, cancel_event)
         code = EXIT_OK
