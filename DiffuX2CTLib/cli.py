@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .errors import DiffuX2CTError
+from .errors import DiffuX2CTError, InputError
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
 
@@ -27,7 +27,6 @@ def _progress_bar(total: int, desc: str):
 def load_geometry(name_or_path: str, size: int | None, xray_size: int | None):
     """A preset name, or a geometry JSON file (e.g. a ``geometry.json`` sidecar or one you wrote),
     optionally resampled to ``size``^3 voxels and ``xray_size``^2 pixels."""
-    from .errors import InputError
     from .geometry import PRESETS, BiplanarGeometry
 
     if name_or_path in PRESETS:
