@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -39,7 +39,7 @@ class SimulatedXRays:
     radiographs: np.ndarray
     geometry: BiplanarGeometry
     ct_center_lps: tuple[float, float, float]
-    model_ct: "object"
+    model_ct: Any  # SimpleITK.Image
     mu_water_per_mm: float
 
     def sidecar(self, source: str | None = None) -> dict:
