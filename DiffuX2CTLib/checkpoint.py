@@ -75,7 +75,7 @@ class CheckpointInfo:
             "format_version": FORMAT_VERSION,
             "network": self.network.to_dict(),
             "diffusion": self.diffusion.to_dict(),
-            "geometry": self.geometry.to_dict() | {"hash": self.geometry.hash},
+            "geometry": self.geometry.to_dict(with_hash=True),
             "intensity": self.intensity.to_dict(),
             "xray_normalization": self.xray_normalization.to_dict(),
             "mu_water_per_mm": self.mu_water_per_mm,
@@ -97,9 +97,7 @@ class CheckpointInfo:
             raise CheckpointError(path, f"checkpoint format version {version!r} is not supported by DiffuX2CTLib "
                                         f"{__version__} (reads version {FORMAT_VERSION})")
         try:
-            geometry = BiplanarGeometry.from_dict(data["geometry"])
-            if data["geometry"].get("hash", geometry.hash) != geometry.hash:
-                raise CheckpointError(path, "geometry hash does not match the geometry fields (edited or corrupted)")
+            geometry = BiplanarGeometry.from_dict(data["geometry"])  # verifies the recorded hash
             return cls(
                 network=NetworkConfig.from_dict(data["network"]),
                 diffusion=DiffusionConfig.from_dict(data["diffusion"]),

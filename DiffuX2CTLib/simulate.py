@@ -46,7 +46,7 @@ class SimulatedXRays:
         """JSON-safe description written beside the images."""
         rows, cols = self.geometry.detector_shape
         return {
-            "geometry": self.geometry.to_dict() | {"hash": self.geometry.hash},
+            "geometry": self.geometry.to_dict(with_hash=True),
             "views": list(self.geometry.views),
             "isocenter_lps_mm": list(self.ct_center_lps),
             "mu_water_per_mm": self.mu_water_per_mm,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
@@ -64,6 +63,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from diffdrr.renderers import Siddon
+
+    from _common import cpu_name  # benchmarks/_common.py, beside this script
 
     from DiffuX2CTLib.data import fetch_example_ct
     from DiffuX2CTLib.drr import DRRProjector, load_system_matrix
@@ -136,7 +137,7 @@ def main() -> None:
     g_theirs = diffdrr_fwd_bwd().permute(2, 1, 0).double()
     grad_rel_l2 = float(torch.linalg.vector_norm(g_ours - g_theirs) / torch.linalg.vector_norm(g_theirs))
 
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"machine: {cpu_name()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"geometry {geometry.name} {geometry.hash}: volume {geometry.volume_shape}, {len(geometry.views)} views of {rows}x{cols}")
     print(f"system matrix: {projector.matrix.nnz:,} non-zeros, built in {build_s:.1f} s (once per geometry), loaded from disk cache in {load_s:.2f} s")
     print(f"{'':28s}{'ours':>12s}{'DiffDRR':>12s}{'speedup':>10s}")

@@ -191,17 +191,22 @@ class BiplanarGeometry:
         return (cx - (w - 1) / 2.0 * sx, cy - (h - 1) / 2.0 * sy, cz - (d - 1) / 2.0 * sz)
 
     # --- serialisation ------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, with_hash: bool = False) -> dict[str, Any]:
+        """JSON-safe fields (tuples as lists) and the schema version; ``with_hash`` adds
+        :attr:`hash`, which :meth:`from_dict` then verifies."""
         d = dataclasses.asdict(self)
         d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
         d["schema_version"] = SCHEMA_VERSION
+        if with_hash:
+            d["hash"] = self.hash
         return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "BiplanarGeometry":
+        """Inverse of :meth:`to_dict`; a recorded ``hash`` must match the fields."""
         data = dict(data)
         version = data.pop("schema_version", SCHEMA_VERSION)
-        data.pop("hash", None)
+        recorded_hash = data.pop("hash", None)
         if version != SCHEMA_VERSION:
             raise InputError(None, f"geometry schema version {version} is not supported (expected {SCHEMA_VERSION})")
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -211,20 +216,17 @@ class BiplanarGeometry:
         missing = fields - set(data) - {"views"}
         if missing:
             raise InputError(None, f"missing geometry fields {sorted(missing)}")
-        return cls(**data)
+        geometry = cls(**data)
+        if recorded_hash is not None and recorded_hash != geometry.hash:
+            raise InputError(None, "geometry hash does not match its fields (edited or corrupted)")
+        return geometry
 
     def to_json(self, indent: int | None = 2) -> str:
-        d = self.to_dict()
-        d["hash"] = self.hash
-        return json.dumps(d, indent=indent, sort_keys=True)
+        return json.dumps(self.to_dict(with_hash=True), indent=indent, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "BiplanarGeometry":
-        data = json.loads(text)
-        geometry = cls.from_dict(data)
-        if "hash" in data and data["hash"] != geometry.hash:
-            raise InputError(None, "geometry hash does not match its fields (edited or corrupted)")
-        return geometry
+        return cls.from_dict(json.loads(text))
 
     @property
     def hash(self) -> str:

@@ -23,10 +23,11 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..geometry.biplanar import BiplanarGeometry
 from .atomic import atomic_file
+from .files import SINGLE_FILE_IMAGE_SUFFIXES
 
 AIR_HU = -1024.0
 #: Suffixes :func:`write_ct` accepts: single-file formats only, so the write can be atomic.
-WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+WRITE_SUFFIXES = SINGLE_FILE_IMAGE_SUFFIXES
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 Point = tuple[float, float, float]

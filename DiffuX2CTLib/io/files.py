@@ -8,6 +8,10 @@ from pathlib import Path
 
 CACHE_ENV = "DIFFUX2CT_CACHE"
 
+#: Image formats SimpleITK writes as one file (header and voxels together), so that a write can
+#: be made atomic with a single rename; ``.mhd``/``.nhdr`` write two files and are not offered.
+SINGLE_FILE_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
 
 def default_cache_dir() -> Path:
     """``$DIFFUX2CT_CACHE`` if set, else ``~/.cache/diffux2ct`` (example data, DRR system matrices).

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import InputError
 from .atomic import atomic_file
+from .files import SINGLE_FILE_IMAGE_SUFFIXES
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -38,7 +39,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 _SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".nii", ".nii.gz", ".hdr", ".img")
-_SITK_WRITE_SUFFIXES = (".nrrd", ".mha", ".nii", ".nii.gz")
 _PNG_SPACING_KEY = "spacing_mm"
 
 
@@ -582,8 +582,8 @@ def write_xray_nrrd(path: str | os.PathLike, pixels: np.ndarray, spacing_mm: tup
     import SimpleITK as sitk
 
     name = os.fspath(path).lower()
-    if not name.endswith(_SITK_WRITE_SUFFIXES):
-        raise InputError(path, f"unsupported output suffix; use one of {', '.join(_SITK_WRITE_SUFFIXES)}")
+    if not name.endswith(SINGLE_FILE_IMAGE_SUFFIXES):
+        raise InputError(path, f"unsupported output suffix; use one of {', '.join(SINGLE_FILE_IMAGE_SUFFIXES)}")
     arr = _check_2d_finite(path, pixels).astype(np.float32)
     sr, sc = _check_spacing(spacing_mm, os.fspath(path), "spacing")
     image = sitk.GetImageFromArray(arr)
