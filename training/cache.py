@@ -72,6 +72,7 @@ class CaseRecord:
         body_mask: whether voxels outside the body mask (couch, clothes) were set to air.
         body_at_fov_edge: fraction of the body mask's boundary on the input's field-of-view
             edge in axial slices (0 = body fully inside; large = cut-off body).
+        xray_supersample: detector supersampling of the cached DRRs (``training.render``).
         augmentation: ``None``, or the parameters of an offline augmentation of ``group``.
         extra: free-form facts (e.g. LIDC study/series names).
     """
@@ -89,6 +90,7 @@ class CaseRecord:
     hu_stats: dict[str, float] = field(default_factory=dict)
     body_mask: bool = False
     body_at_fov_edge: float = 0.0
+    xray_supersample: int = 1
     augmentation: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -122,6 +124,7 @@ class CacheManifest:
         mu_water_per_mm: water attenuation used for the DRRs (1/mm).
         cases: the complete cases, in a stable order (sorted by id).
         splits: ``case_id -> "train" | "val" | "test"``.
+        xray_supersample: detector supersampling of every case's DRRs (``training.render``).
         split_method: how the splits were made (``x2ct-gan-lidc``, ``seeded``, ``fixed`` ...),
             with its parameters in ``split_params``.
     """
@@ -131,6 +134,7 @@ class CacheManifest:
     splits: dict[str, str]
     intensity: CTIntensity = field(default_factory=CTIntensity)
     mu_water_per_mm: float = MU_WATER_PER_MM
+    xray_supersample: int = 1
     split_method: str = "seeded"
     split_params: dict[str, Any] = field(default_factory=dict)
     software: str = ""
@@ -142,6 +146,10 @@ class CacheManifest:
         missing = set(ids) - set(self.splits)
         if missing:
             raise InputError(None, f"manifest has no split for cases {sorted(missing)[:5]}")
+        factors = {c.xray_supersample for c in self.cases}
+        if factors - {self.xray_supersample}:
+            raise InputError(None, f"cases rendered with DRR supersampling {sorted(factors)} in a cache of "
+                                   f"supersampling {self.xray_supersample}")
         bad = {s for s in self.splits.values() if s not in SPLITS}
         if bad:
             raise InputError(None, f"unknown split names {sorted(bad)}; use {list(SPLITS)}")
@@ -168,6 +176,7 @@ class CacheManifest:
             "geometry": self.geometry.to_dict(with_hash=True),
             "intensity": self.intensity.to_dict(),
             "mu_water_per_mm": self.mu_water_per_mm,
+            "xray_supersample": self.xray_supersample,
             "split_method": self.split_method,
             "split_params": self.split_params,
             "split_counts": counts,
@@ -194,6 +203,7 @@ class CacheManifest:
                 splits=splits,
                 intensity=CTIntensity.from_dict(data.get("intensity", {})),
                 mu_water_per_mm=float(data.get("mu_water_per_mm", MU_WATER_PER_MM)),
+                xray_supersample=int(data.get("xray_supersample", 1)),
                 split_method=str(data.get("split_method", "")),
                 split_params=dict(data.get("split_params", {})),
                 software=str(data.get("software", "")),
@@ -281,8 +291,10 @@ def read_case_record(cache_dir: str | os.PathLike, case_id: str) -> CaseRecord |
         return None
 
 
-def complete_cases(cache_dir: str | os.PathLike, geometry_hash: str) -> dict[str, CaseRecord]:
-    """All complete case folders prepared for ``geometry_hash`` (for resuming), by id."""
+def complete_cases(cache_dir: str | os.PathLike, geometry_hash: str,
+                   xray_supersample: int | None = None) -> dict[str, CaseRecord]:
+    """All complete case folders prepared for ``geometry_hash`` (and, if given, that DRR
+    supersampling) -- for resuming -- by id."""
     root = Path(cache_dir) / CASES_DIR
     found: dict[str, CaseRecord] = {}
     if not root.is_dir():
@@ -291,7 +303,8 @@ def complete_cases(cache_dir: str | os.PathLike, geometry_hash: str) -> dict[str
         if folder.name.startswith(".") or not folder.is_dir():
             continue
         record = read_case_record(cache_dir, folder.name)
-        if record is not None and record.geometry_hash == geometry_hash and record.case_id == folder.name:
+        if (record is not None and record.geometry_hash == geometry_hash and record.case_id == folder.name
+                and (xray_supersample is None or record.xray_supersample == xray_supersample)):
             found[record.case_id] = record
     return found
 

@@ -45,14 +45,19 @@ class RadiographRenderer(torch.nn.Module):
         self.projector = DRRProjector(fine, mu_water_per_mm=mu_water_per_mm, normalization=self.normalization,
                                       cache_dir=cache_dir)
 
-    def line_integrals(self, volume_hu: torch.Tensor) -> torch.Tensor:
-        """Pixel-averaged line integrals ``-log(I/I0)`` (dimensionless), float32."""
+    def forward(self, volume_hu: torch.Tensor) -> torch.Tensor:
+        """Pixel-averaged line integrals ``-log(I/I0)`` (dimensionless), float32; like
+        :meth:`DiffuX2CTLib.drr.DRRProjector.forward`, so either can be used as a projector."""
         fine = self.projector(volume_hu)
         return fine if self.factor == 1 else F.avg_pool2d(fine, self.factor)
 
-    def forward(self, volume_hu: torch.Tensor) -> torch.Tensor:
+    def line_integrals(self, volume_hu: torch.Tensor) -> torch.Tensor:
+        """Alias of :meth:`forward`."""
+        return self.forward(volume_hu)
+
+    def radiograph(self, volume_hu: torch.Tensor) -> torch.Tensor:
         """Normalised radiographs in [-1, 1], the network's input."""
-        return self.normalization(self.line_integrals(volume_hu))
+        return self.normalization(self.forward(volume_hu))
 
 
 __all__ = ["RadiographRenderer"]

@@ -129,7 +129,7 @@ def _validate(ema_model: nn.Module, volumes: torch.Tensor, renderer: RadiographR
     with torch.no_grad():
         for start in range(0, volumes.shape[0], config.data.batch_size):
             hu = volumes[start:start + config.data.batch_size].to(device)
-            xrays = renderer(hu)
+            xrays = renderer.radiograph(hu)
             pred = predict_volumes(ema_model, xrays, config.objective, config.build_diffusion_config(),
                                    sampler=config.train.val_sampler, steps=config.train.val_steps, seed=config.train.seed)
             pred_hu = intensity.denormalize(pred[:, 0]).cpu().numpy()
@@ -182,6 +182,10 @@ def _train(config: TrainConfig, dist_info: DistInfo, stop: StopRequest, resume: 
     if manifest.geometry.hash != geometry.hash:
         raise InputError(Path(config.data.cache), f"cache geometry {manifest.geometry.name!r} ({manifest.geometry.hash}) "
                                                   f"differs from the config's {geometry.name!r} ({geometry.hash})")
+    if manifest.xray_supersample != config.data.xray_supersample:
+        raise InputError(Path(config.data.cache), f"cache DRRs were rendered with supersampling {manifest.xray_supersample}, "
+                                                  f"the config says data.xray_supersample {config.data.xray_supersample}: "
+                                                  "use the same value (prepare_data --xray-supersample)")
     train_records = manifest.cases_in(config.data.train_split)
     if not train_records:
         raise InputError(Path(config.data.cache), f"split {config.data.train_split!r} has no cases")
@@ -281,7 +285,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, stop: StopRequest, resume: 
             batch = next(data_iter)
             volume_hu = batch["volume"].to(device, non_blocking=True)
             with torch.no_grad():
-                xrays = renderer(volume_hu)
+                xrays = renderer.radiograph(volume_hu)
                 x0 = intensity.normalize(volume_hu)
             lr = warmup_cosine(step, base_lr=o.lr, warmup_steps=o.warmup_steps, max_steps=run.max_steps,
                                min_lr_ratio=o.min_lr_ratio)

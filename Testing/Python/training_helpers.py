@@ -29,11 +29,11 @@ def make_tiny_cache(root: Path, size: int = 16, cases: int = 6, supersample: int
         volume = torch.from_numpy(sitk.GetArrayFromImage(model_ct))[None, None]
         lines = renderer.line_integrals(volume)[0].numpy().astype(np.float32)
         record = CaseRecord(case_id=f"phantom{i}", group=f"phantom{i}", dataset="folder", source="synthetic",
-                            geometry_hash=geometry.hash, center_lps=center)
+                            geometry_hash=geometry.hash, center_lps=center, xray_supersample=supersample)
         write_case(root, record, model_ct, lines, geometry)
         records.append(record)
         splits[record.case_id] = "train" if i < cases - 2 else ("val" if i == cases - 2 else "test")
-    CacheManifest(geometry, records, splits).save(root)
+    CacheManifest(geometry, records, splits, xray_supersample=supersample).save(root)
     return root
 
 
