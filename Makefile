@@ -1,7 +1,7 @@
 # DiffuX2CT developer commands. Every target creates .venv and installs what it needs first.
 #   make demo    example chest CT -> AP and lateral DRRs (-> reconstruction) in demo_output/
 #   make test    the test suite (what CI runs)
-#   make bench   the benchmarks (DiffDRR installed into .venv without its heavy dependencies)
+#   make bench   the benchmarks (DiffDRR installed into .venv without its heavy dependencies; ~75 min)
 # Choose your own torch build with e.g.  make test TORCH_SPEC="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu124"
 
 PYTHON ?= python3
@@ -19,7 +19,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q $(TORCH_SPEC)
-	$(PY) -m pip install --disable-pip-version-check -q -e ".[test]"
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[test,training]"
 	touch $@
 
 demo: $(STAMP)
@@ -36,6 +36,8 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/drr.py
 	$(PY) benchmarks/sampling.py
+	$(PY) benchmarks/training.py
+	$(PY) benchmarks/learning.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

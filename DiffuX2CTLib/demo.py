@@ -2,10 +2,13 @@
 
     python -m DiffuX2CTLib.demo --out demo_output [--checkpoint MODEL.safetensors] [--ct CT]
 
-Without ``--checkpoint`` the demo builds a small *untrained* (randomly initialised) model, saves
-it as a real checkpoint and reconstructs with it through the worker process, exactly as the Slicer
-module does: the chain runs end to end, but the "reconstruction" is not meaningful, and the
-demo says so in its output and in ``metrics.json``.
+Without ``--checkpoint`` the demo uses the default model of ``Resources/Models.json`` (the
+committed demo model, checked against its SHA-256) and reconstructs through the worker process,
+exactly as the Slicer module does. The example chest CT is not among that model's training
+scans, so the printed metrics are on a CT it never saw. The CT is cleaned first
+(:mod:`DiffuX2CTLib.io.body`: padding to air, couch removed), as the training data were: the
+radiographs are those of an upright radiograph room. ``--untrained`` builds a randomly
+initialised model instead (the chain runs, the result is noise, and the demo says so).
 
 Outputs in ``--out``: ``xrays/`` (``ap.png``, ``lateral.png`` and NRRD line integrals at
 256 x 256, ``geometry.json``), ``ground_truth.nii.gz`` (the CT on the model grid),
@@ -25,9 +28,9 @@ from typing import Sequence
 import numpy as np
 
 UNTRAINED_BANNER = (
-    "NOTE: no trained checkpoint given; this demo uses an UNTRAINED randomly initialised model, "
-    "so the reconstruction is noise-like and its metrics are not meaningful. Pass --checkpoint "
-    "with a trained model for a real reconstruction."
+    "NOTE: this demo uses an UNTRAINED randomly initialised model, so the reconstruction is "
+    "noise-like and its metrics are not meaningful. Without --untrained the demo uses the trained "
+    "default model of Resources/Models.json, or pass --checkpoint MODEL.safetensors."
 )
 
 
@@ -47,6 +50,21 @@ def build_untrained_checkpoint(geometry, out_dir: Path, seed: int = 0) -> Path:
                           weights="raw", training={"note": "untrained: random initialisation for the demo"})
     weights, _ = save_checkpoint(out_dir / f"untrained-tiny-{size}.safetensors", model.state_dict(), info)
     return weights
+
+
+def default_model() -> Path | None:
+    """The weights of the registry's default model (SHA-256 verified), or ``None`` if it names none."""
+    from .registry import default_registry_path, load_registry, verify
+
+    registry_path = default_registry_path()
+    if not registry_path.is_file():
+        return None
+    registry = load_registry(registry_path)
+    entry = registry.default_entry()
+    if entry is None:
+        return None
+    print(f"default model: {entry.name} (version {entry.version}; {entry.intended_use})")
+    return verify(entry, registry_path)
 
 
 def run_worker(ap: Path, lateral: Path, checkpoint: Path, output: Path, steps: int, sampler: str, seed: int) -> dict:
@@ -118,11 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m DiffuX2CTLib.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo_output"))
     parser.add_argument("--ct", type=Path, default=None, help="CT to use instead of the example chest CT")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="trained checkpoint (default: untrained demo model)")
-    parser.add_argument("--size", type=int, default=32, help="volume/X-ray size of the untrained demo model")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="trained checkpoint (default: the default model of Resources/Models.json)")
+    parser.add_argument("--untrained", action="store_true", help="use a randomly initialised model (chain test)")
+    parser.add_argument("--no-body-mask", action="store_true", help="keep the couch and padding in the CT")
+    parser.add_argument("--size", type=int, default=32, help="volume/X-ray size of the --untrained model")
     parser.add_argument("--drr-size", type=int, default=256, help="pixels of the written DRRs (M x M)")
     parser.add_argument("--drr-volume-size", type=int, default=128, help="CT grid the DRRs are computed from (N^3)")
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--sampler", default="dpmsolver++", choices=["ddpm", "ddim", "dpmsolver++"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -132,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import DiffuX2CTError
     from .geometry import BiplanarGeometry
     from .io.atomic import atomic_file
+    from .io.body import clean_ct
     from .io.ct import model_array, read_ct, to_model_grid, write_ct
     from .metrics import volume_metrics
     from .simulate import simulate_xrays, write_simulation
@@ -139,17 +161,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ct_path = args.ct or fetch_example_ct().ct
         print(f"CT: {ct_path}")
-        if args.checkpoint:
-            info = read_checkpoint_info(args.checkpoint)
-            geometry, checkpoint, trained = info.geometry, args.checkpoint, info.trained
+        checkpoint = args.checkpoint
+        if checkpoint is None and not args.untrained:
+            checkpoint = default_model()
+        if checkpoint is not None:
+            info = read_checkpoint_info(checkpoint)
+            geometry, trained = info.geometry, info.trained
+            print(f"model: {checkpoint} ({'trained' if trained else 'UNTRAINED'}, geometry {geometry.name}, "
+                  f"{geometry.volume_shape[0]}^3 CT from {geometry.detector_shape[0]}^2 radiographs)")
         else:
             geometry = BiplanarGeometry.preset("x2ct", volume_size=args.size, xray_size=args.size)
-            checkpoint, trained = None, False
+            trained = False
         # DRRs at full detector resolution in the model's physical set-up; the worker resamples
         # them to the model's detector keeping the millimetre scale (NRRD spacing).
         drr_geometry = geometry.with_sizes(volume_size=args.drr_volume_size, xray_size=args.drr_size)
         xray_dir = args.out / "xrays"
         ct = read_ct(ct_path)
+        if not args.no_body_mask:
+            ct = clean_ct(ct, use_body_mask=True, path=str(ct_path)).image
         sim = simulate_xrays(ct, drr_geometry)
         write_simulation(sim, xray_dir, source=str(ct_path))
         print(f"DRRs ({drr_geometry.name}, {args.drr_size}x{args.drr_size}): {xray_dir}/ap.png, {xray_dir}/lateral.png")

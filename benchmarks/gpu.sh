@@ -34,50 +34,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 started=$SECONDS
 
-{
-  echo "date: $(date -u +%FT%TZ)  host: $(hostname)  python: $("$PY" --version 2>&1)"
-  if command -v nvidia-smi >/dev/null 2>&1; then
-    nvidia-smi --query-gpu=name,memory.total --format=csv
-  else
-    echo "nvidia-smi: not found"
-  fi
-} 2>&1 | tee "$OUT_DIR/gpu_info.txt"
-
-# --- dependencies ------------------------------------------------------------------------------
-missing=$("$PY" - <<'EOF'
-import importlib.util
-# what the benchmark imports (diffusers also needs huggingface_hub, regex, requests, filelock, Pillow)
-need = {"numpy": "numpy", "monai": "monai", "diffusers": "diffusers", "safetensors": "safetensors",
-        "SimpleITK": "SimpleITK", "importlib_metadata": "importlib-metadata"}
-print(" ".join(pkg for mod, pkg in need.items() if importlib.util.find_spec(mod) is None))
-EOF
-)
-if [ -n "$missing" ]; then
-  echo "missing Python packages: $missing" | tee -a "$OUT_DIR/gpu_info.txt"
-  # Never into the interpreter's own site-packages and never with dependencies (they could
-  # replace its torch): only the missing packages, into a throw-away folder put on PYTHONPATH.
-  site=/tmp/diffux2ct-site
-  if compgen -G "$WHEELS/*.whl" >/dev/null; then
-    src=(--no-index "$WHEELS"/*.whl)
-  else
-    read -r -a src <<<"$missing"  # from the configured index / PIP_FIND_LINKS, if any
-  fi
-  timeout "$SETUP_TIMEOUT" "$PY" -m pip install -q --no-deps --no-compile --no-cache-dir --upgrade \
-      --target "$site" "${src[@]}" || {
-    echo "error: cannot install $missing (no usable wheels in $WHEELS, no package index); copy their wheels to $WHEELS" >&2
-    exit 2
-  }
-  export PYTHONPATH="$PYTHONPATH:$site"
-fi
-REQUIRE_CUDA="${REQUIRE_CUDA:-1}" "$PY" - <<'EOF' 2>&1 | tee -a "$OUT_DIR/gpu_info.txt"
-import os
-import torch
-if os.environ["REQUIRE_CUDA"] != "0":  # REQUIRE_CUDA=0 only to try this script on a CPU machine
-    assert torch.cuda.is_available(), f"torch {torch.__version__} sees no CUDA device"
-    print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
-          f"{torch.cuda.get_device_name()}")
-import DiffuX2CTLib.inference, DiffuX2CTLib.network.model, DiffuX2CTLib.diffusion.samplers  # noqa: E401,F401
-EOF
+# shellcheck source=benchmarks/_gpu_env.sh
+source benchmarks/_gpu_env.sh
+gpu_machine_info "$OUT_DIR/gpu_info.txt"
+# what the benchmark imports
+gpu_install_missing "$OUT_DIR/gpu_info.txt" numpy=numpy monai=monai diffusers=diffusers safetensors=safetensors SimpleITK=SimpleITK importlib_metadata=importlib-metadata
+gpu_check "$OUT_DIR/gpu_info.txt" "import DiffuX2CTLib.inference, DiffuX2CTLib.network.model, DiffuX2CTLib.diffusion.samplers"
 
 # --- the two benchmark runs ----------------------------------------------------------------------
 bench() {  # bench NAME TIMEOUT ARGS...: run sampling.py, keep going when it fails or times out

@@ -106,6 +106,12 @@ class TrainingStep(nn.Module):
         return torch.stack([terms.total, terms.simple.detach(), terms.proj.detach()])
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process, which saves and then ends them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def resolve_train_device(name: str, dist_info: DistInfo) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -234,7 +240,8 @@ def _train(config: TrainConfig, dist_info: DistInfo, stop: StopRequest, resume: 
                             start_step=start_step)
     loader = torch.utils.data.DataLoader(dataset, batch_size=sampler.local, sampler=sampler,
                                          num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
-                                         persistent_workers=config.data.num_workers > 0)
+                                         persistent_workers=config.data.num_workers > 0,
+                                         worker_init_fn=_ignore_stop_signals)
     val_volumes = load_volumes(config.data.cache, val_records) if (val_records and dist_info.is_main) else None
 
     logger = RunLogger(run_dir) if dist_info.is_main else None

@@ -23,9 +23,9 @@ def tiny_cache(tmp_path_factory) -> Path:
     return make_tiny_cache(tmp_path_factory.mktemp("tiny-cache"))
 
 
-def _write_config(tmp_path: Path, cache: Path, run_dir: Path, **train) -> Path:
+def _write_config(tmp_path: Path, cache: Path, run_dir: Path, num_workers: int = 0, **train) -> Path:
     path = tmp_path / f"{run_dir.name}.yaml"
-    path.write_text(tiny_config_text(cache, run_dir, **train))
+    path.write_text(tiny_config_text(cache, run_dir, num_workers, **train))
     return path
 
 
@@ -142,9 +142,11 @@ def uninterrupted(tiny_cache, tmp_path_factory) -> Path:
     return run_dir
 
 
-def test_sigterm_saves_and_resume_is_bit_identical(tiny_cache, tmp_path, uninterrupted):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sigterm_saves_and_resume_is_bit_identical(tiny_cache, tmp_path, uninterrupted, workers):
+    # with a DataLoader worker too: per-sample seeds make the data independent of the workers
     run_dir = tmp_path / "sigterm"
-    config = _write_config(tmp_path, tiny_cache, run_dir, checkpoint_every=0)
+    config = _write_config(tmp_path, tiny_cache, run_dir, num_workers=workers, checkpoint_every=0)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(_train_cmd(config), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     _wait_for(lambda: _logged_steps(run_dir) >= 3)

@@ -37,7 +37,7 @@ def make_tiny_cache(root: Path, size: int = 16, cases: int = 6, supersample: int
     return root
 
 
-def tiny_config_text(cache: Path, run_dir: Path, **train: object) -> str:
+def tiny_config_text(cache: Path, run_dir: Path, num_workers: int = 0, **train: object) -> str:
     """YAML of a tiny diffusion run on ``cache`` (16^3, NetworkConfig.tiny(), one thread)."""
     settings = {"max_steps": 12, "log_every": 1, "val_every": 0, "checkpoint_every": 4, "keep_last": 10,
                 "threads": 1, "device": "cpu"}
@@ -49,7 +49,7 @@ def tiny_config_text(cache: Path, run_dir: Path, **train: object) -> str:
         "geometry: {preset: x2ct, volume_size: 16, xray_size: 16}\n"
         "network: {preset: tiny}\n"
         "diffusion: {beta_schedule: cosine, prediction_type: v_prediction}\n"
-        f"data: {{cache: {cache}, batch_size: 4, num_workers: 0, val_cases: 1, xray_supersample: 2}}\n"
+        f"data: {{cache: {cache}, batch_size: 4, num_workers: {num_workers}, val_cases: 1, xray_supersample: 2}}\n"
         "optim: {lr: 2.0e-3, warmup_steps: 2}\n"
         "ema: {decay: 0.9}\n"
         f"train: {{{train_yaml}}}\n"
