@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--drr-size", type=int, default=256, help="pixels of the written DRRs (M x M)")
     parser.add_argument("--drr-volume-size", type=int, default=128, help="CT grid the DRRs are computed from (N^3)")
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--sampler", default="dpmsolver++", choices=["ddpm", "ddim", "dpmsolver++"])
+    parser.add_argument("--sampler", default="dpmsolver++-sde", choices=["ddpm", "ddim", "dpmsolver++", "dpmsolver++-sde"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 

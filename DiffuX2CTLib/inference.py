@@ -77,7 +77,7 @@ def reconstruct(
     lateral: XRayInput,
     checkpoint,
     steps: int = 25,
-    sampler: str = "dpmsolver++",
+    sampler: str = "dpmsolver++-sde",
     seed: int = 0,
     device: str = "auto",
     num_samples: int = 1,
@@ -93,7 +93,7 @@ def reconstruct(
             arrays already on the detector grid (bright = dense, any scale).
         checkpoint: path to ``NAME.safetensors``/``NAME.json`` or a :class:`LoadedCheckpoint`.
         steps: sampler steps (network evaluations for DDIM and DPM-Solver++).
-        sampler: ``"ddpm"``, ``"ddim"`` or ``"dpmsolver++"``.
+        sampler: ``"dpmsolver++-sde"`` (default), ``"dpmsolver++"``, ``"ddim"`` or ``"ddpm"``.
         seed: seed of the initial noise; the same seed gives the same CT on the same device.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         num_samples: independent samples; their mean is returned and, if > 1, their std.

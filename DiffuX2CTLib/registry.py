@@ -171,7 +171,7 @@ class Metrics:
         split: the data split evaluated (e.g. ``"test"``).
         num_cases: number of cases averaged.
         cases: their identifiers (may be empty when not recorded).
-        sampler: the sampler used (``ddim``, ``dpmsolver++``, ``ddpm``, or ``regression``).
+        sampler: the sampler used (``dpmsolver++-sde``, ``dpmsolver++``, ``ddim``, ``ddpm``, or ``regression``).
         steps: sampler steps.
     """
 
@@ -179,7 +179,7 @@ class Metrics:
     split: str
     num_cases: int
     cases: tuple[str, ...] = ()
-    sampler: str = "dpmsolver++"
+    sampler: str = "dpmsolver++-sde"
     steps: int = 25
 
     def validate(self, where: str = "metrics") -> None:

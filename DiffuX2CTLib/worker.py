@@ -1,7 +1,7 @@
 """Background reconstruction process run by the Slicer module (and usable from any shell).
 
     python -m DiffuX2CTLib.worker --ap AP --lateral LAT --checkpoint MODEL.safetensors \
-        --steps 25 --sampler dpmsolver++ --seed 0 --device auto --output ct.nrrd [--std std.nrrd]
+        --steps 25 --sampler dpmsolver++-sde --seed 0 --device auto --output ct.nrrd [--std std.nrrd]
 
 Protocol on stdout (each line flushed at once):
 
@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lateral", required=True, type=Path, help="lateral radiograph")
     p.add_argument("--checkpoint", required=True, type=Path, help="NAME.safetensors (with NAME.json beside it)")
     p.add_argument("--steps", type=int, default=25, help="sampler steps")
-    p.add_argument("--sampler", default="dpmsolver++", choices=["ddpm", "ddim", "dpmsolver++"])
+    p.add_argument("--sampler", default="dpmsolver++-sde", choices=["ddpm", "ddim", "dpmsolver++", "dpmsolver++-sde"],
+                   help="dpmsolver++-sde (default: stochastic DPM-Solver++ 2M), dpmsolver++ (its deterministic "
+                        "ODE form), ddim or ddpm")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--num-samples", type=int, default=1, help="samples to average; >1 enables --std")

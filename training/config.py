@@ -153,7 +153,7 @@ class RunConfig:
     threads: int = 0
     log_every: int = 10
     val_every: int = 1000
-    val_sampler: str = "dpmsolver++"
+    val_sampler: str = "dpmsolver++-sde"
     val_steps: int = 10
     checkpoint_every: int = 1000
     keep_last: int = 3
@@ -239,7 +239,8 @@ class TrainConfig:
         for key in ("log_every", "val_every", "checkpoint_every", "threads"):
             need(getattr(r, key) >= 0, f"train.{key}", "must be >= 0")
         need(r.keep_last >= 1, "train.keep_last", "must be >= 1")
-        need(r.val_sampler in ("ddpm", "ddim", "dpmsolver++"), "train.val_sampler", "must be ddpm, ddim or dpmsolver++")
+        need(r.val_sampler in ("ddpm", "ddim", "dpmsolver++", "dpmsolver++-sde"), "train.val_sampler",
+             "must be ddpm, ddim, dpmsolver++ or dpmsolver++-sde")
         need(r.val_steps >= 1, "train.val_steps", "must be >= 1")
         need(r.best_metric in BEST_METRICS, "train.best_metric", f"must be one of {sorted(BEST_METRICS)}")
         need(0 <= a.prob <= 1, "augment.prob", "must be in [0, 1]")

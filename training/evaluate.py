@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on a split of the prepared-data cache.
 
     python -m training.evaluate --checkpoint PATH --cache CACHE --out DIR [--split test]
-        [--cases id1,id2] [--limit N] [--sampler dpmsolver++] [--steps 25] [--num-samples 1]
+        [--cases id1,id2] [--limit N] [--sampler dpmsolver++-sde] [--steps 25] [--num-samples 1]
         [--seed 0] [--batch-size 4] [--device auto] [--bone-threshold 200]
         [--lpips-weights F.safetensors] [--fid-weights F.safetensors] [--save-predictions]
 
@@ -129,7 +129,7 @@ def evaluate(
     cases: Sequence[str | CaseRecord] | None = None,
     *,
     split: str = "test",
-    sampler: str = "dpmsolver++",
+    sampler: str = "dpmsolver++-sde",
     steps: int = 25,
     num_samples: int = 1,
     seed: int = 0,
@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--cases", default=None, help="comma-separated case ids (of --split)")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most N cases")
-    p.add_argument("--sampler", default="dpmsolver++", choices=("ddpm", "ddim", "dpmsolver++"))
+    p.add_argument("--sampler", default="dpmsolver++-sde", choices=("ddpm", "ddim", "dpmsolver++", "dpmsolver++-sde"))
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)

@@ -104,7 +104,7 @@ def predict_volumes(
     objective: str,
     diffusion: DiffusionConfig,
     *,
-    sampler: str = "dpmsolver++",
+    sampler: str = "dpmsolver++-sde",
     steps: int = 25,
     seed: int = 0,
     num_samples: int = 1,

@@ -20,6 +20,7 @@ _LAZY = {
     "LossTerms": ".losses",
     "diffusion_loss": ".losses",
     "SAMPLERS": ".samplers",
+    "DEFAULT_SAMPLER": ".samplers",
     "sample": ".samplers",
     "make_scheduler": ".samplers",
     "sampling_timesteps": ".samplers",

@@ -24,7 +24,7 @@ def test_demo_runs_full_chain_and_says_model_is_untrained(tmp_path, monkeypatch,
     ct.SetSpacing((3.0, 3.0, 3.0))
     sitk.WriteImage(ct, str(tmp_path / "ct.nii.gz"))
     out = tmp_path / "demo"
-    assert main(["--out", str(out), "--ct", str(tmp_path / "ct.nii.gz"), "--size", "16", "--steps", "2",
+    assert main(["--out", str(out), "--ct", str(tmp_path / "ct.nii.gz"), "--untrained", "--size", "16", "--steps", "2",
                  "--drr-size", "40", "--drr-volume-size", "24"]) == 0
     # DRRs are written at their own resolution; the worker resampled them to the 16 x 16 model input
     assert sitk.ReadImage(str(out / "xrays" / "ap.nrrd")).GetSize() == (40, 40)
@@ -54,3 +54,54 @@ def test_orthogonal_slices_use_radiological_display():
     vol3[3, 0, 3] = 1  # superior, anterior, mid-width
     sagittal = orthogonal_slices(vol3)[2]
     assert sagittal[0, 0] == 1  # superior at the top, anterior on the image left
+
+
+def _small_ct(tmp_path: Path) -> Path:
+    z, y, x = np.mgrid[:40, :40, :40]
+    hu = np.where((x - 20) ** 2 + (y - 20) ** 2 < 15**2, 20.0, -1000.0).astype(np.float32)
+    hu[:, 18:22, 18:22] = 700.0  # a "spine"
+    ct = sitk.GetImageFromArray(hu)
+    ct.SetSpacing((6.0, 6.0, 6.0))
+    path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(ct, str(path))
+    return path
+
+
+def test_demo_uses_the_registry_default_model(tmp_path, monkeypatch, capsys):
+    from DiffuX2CTLib.registry import default_registry_path, load_registry
+
+    entry = load_registry(default_registry_path()).default_entry()
+    assert entry is not None, "Resources/Models.json names no default model"
+    monkeypatch.setenv("DIFFUX2CT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = tmp_path / "demo"
+    assert main(["--out", str(out), "--ct", str(_small_ct(tmp_path)), "--steps", "3", "--drr-size", "64",
+                 "--drr-volume-size", "48"]) == 0
+    stdout = capsys.readouterr().out
+    assert UNTRAINED_BANNER not in stdout and entry.name in stdout
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["model_trained"] is True and report["note"] is None
+    n = entry.resolution.volume_size
+    recon = sitk.ReadImage(str(out / "reconstruction.nii.gz"))
+    truth = sitk.ReadImage(str(out / "ground_truth.nii.gz"))
+    assert recon.GetSize() == truth.GetSize() == (n, n, n)
+    np.testing.assert_allclose(recon.GetOrigin(), truth.GetOrigin(), atol=1e-3)
+
+
+def test_demo_refuses_a_default_model_whose_weights_do_not_match(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import DiffuX2CTLib.registry as registry_module
+
+    resources = tmp_path / "Resources"
+    shutil.copytree(REPO / "Resources", resources)
+    entry = registry_module.load_registry(resources / "Models.json").default_entry()
+    weights = resources / entry.file
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in the weights
+    weights.write_bytes(bytes(data))
+    monkeypatch.setattr(registry_module, "default_registry_path", lambda: resources / "Models.json")
+    assert main(["--out", str(tmp_path / "demo"), "--ct", str(_small_ct(tmp_path))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and weights.name in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "demo" / "reconstruction.nii.gz").exists()

@@ -218,7 +218,7 @@ def test_cli_end_to_end(tiny_cache, tmp_path, capsys):
                 "proj_rel_l2", "unc_pearson", "coverage_2sigma", "seconds"):
         assert key in rows[0]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["num_cases"] == 3 and summary["steps"] == 2 and summary["sampler"] == "dpmsolver++"
+    assert summary["num_cases"] == 3 and summary["steps"] == 2 and summary["sampler"] == "dpmsolver++-sde"
     assert summary["psnr_data_range"] == "window [-1024, 2048] HU (3072): both volumes clipped to the window"
     assert summary["metrics"]["mae_hu"]["count"] == 3 and summary["bone_threshold_hu"] == 200.0
     assert (out / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -46,8 +46,8 @@ from DiffuX2CTLib.errors import CancelledError, DiffuX2CTError, InputError
 
 MU, SIGMA = 0.3, 0.5
 SHAPE = (1024, 1, 4, 4, 4)  # 65536 independent elements, volumes as the network sees them
-STEPS = {"ddpm": 1000, "ddim": 50, "dpmsolver++": 20}
-STD_TOL_VS_DATA = {"ddpm": 0.02, "ddim": 0.07, "dpmsolver++": 0.06}
+STEPS = {"ddpm": 1000, "ddim": 50, "dpmsolver++": 20, "dpmsolver++-sde": 20}
+STD_TOL_VS_DATA = {"ddpm": 0.02, "ddim": 0.07, "dpmsolver++": 0.06, "dpmsolver++-sde": 0.06}
 MEAN_TOL_VS_DATA = 0.02
 MEAN_TOL_VS_THEORY = 0.01
 STD_TOL_VS_THEORY = 0.015
@@ -91,6 +91,8 @@ def _theory(sampler: str, steps: int, config: DiffusionConfig, mu: float = MU, s
     """Exact mean and std of the sampler's output under the oracle, starting from x_T ~ N(0, 1)."""
     if sampler == "ddpm":
         return _ddpm_moments(steps, config, mu, sigma)
+    if sampler == "dpmsolver++-sde":
+        return _sde_dpm_moments(steps, config, mu, sigma)
     c, d = _deterministic_map(sampler, steps, config, mu, sigma)
     return d, abs(c)
 
@@ -98,6 +100,51 @@ def _theory(sampler: str, steps: int, config: DiffusionConfig, mu: float = MU, s
 def _ddpm_moments(steps: int, config: DiffusionConfig, mu: float, sigma: float) -> tuple[float, float]:
     """DDPM (Ho et al. 2020 eq. 6-7, posterior variance) adds fresh noise: track mean and variance."""
     return _recursion("ddpm", steps, config, mu, sigma)
+
+
+def _sde_dpm_moments(steps: int, config: DiffusionConfig, mu: float, sigma: float) -> tuple[float, float]:
+    """SDE-DPM-Solver++(2M), midpoint (Lu et al. 2022; diffusers' ``sde-dpmsolver++``): each step
+    ``x_s = (b_s / b_t) e^{-h} x_t + a_s (1 - e^{-2h}) (D0 + D1 / 2) + b_s sqrt(1 - e^{-2h}) z``,
+    first order on the first and final steps. The state is tracked as a constant plus
+    coefficients of the independent sources ``x_T, z_1, z_2, ...`` (the multistep term mixes two
+    consecutive states, so a plain variance recursion would miss their covariance)."""
+    abar = NoiseSchedule(config).alphas_cumprod.tolist()
+    grid = sampling_timesteps("dpmsolver++-sde", steps, config)
+
+    def ab(t: int) -> tuple[float, float]:
+        return (1.0, 0.0) if t < 0 else (math.sqrt(abar[t]), math.sqrt(1.0 - abar[t]))
+
+    def lam(t: int) -> float:
+        a, b = ab(t)
+        return math.inf if b == 0.0 else math.log(a / b)
+
+    def x0_estimate(coef: list[float], const: float, t: int) -> tuple[list[float], float]:
+        a, b = ab(t)
+        var = a * a * sigma**2 + b * b
+        p, q = a * sigma**2 / var, mu - a * a * sigma**2 * mu / var
+        return [p * c for c in coef], p * const + q
+
+    coef, const = [1.0], 0.0
+    previous = None  # (x0 estimate, lambda) of the previous step
+    points = grid + [-1]
+    for t, s in zip(points[:-1], points[1:]):
+        m0 = x0_estimate(coef, const, t)
+        a_s, b_s = ab(s)
+        _, b_t = ab(t)
+        h = lam(s) - lam(t)
+        e1, e2 = (0.0, 0.0) if math.isinf(h) else (math.exp(-h), math.exp(-2 * h))
+        if previous is None or s < 0:
+            D = m0
+        else:
+            (m1, lam_prev) = previous
+            r = (lam(t) - lam_prev) / h
+            m1c = m1[0] + [0.0] * (len(m0[0]) - len(m1[0]))
+            D = ([c0 + (c0 - c1) / (2 * r) for c0, c1 in zip(m0[0], m1c)], m0[1] + (m0[1] - m1[1]) / (2 * r))
+        keep, push = b_s / b_t * e1, a_s * (1.0 - e2)
+        coef = [keep * c + push * dc for c, dc in zip(coef, D[0])] + [b_s * math.sqrt(1.0 - e2)]
+        const = keep * const + push * D[1]
+        previous = (m0, lam(t))
+    return const, math.sqrt(sum(c * c for c in coef))
 
 
 def _deterministic_map(sampler: str, steps: int, config: DiffusionConfig, mu: float = MU,
@@ -320,7 +367,8 @@ def test_cancel_stops_before_next_model_evaluation(sampler: str, cancel_after: i
     assert polls == list(range(cancel_after + 1))  # polled once before every evaluation
 
 
-@pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 0.7), ("dpmsolver++", 0.0)])
+@pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 0.7), ("dpmsolver++", 0.0),
+                                         ("dpmsolver++-sde", 0.0)])
 def test_same_seed_same_samples(sampler: str, eta: float) -> None:
     config = DiffusionConfig()
     shape = (3, 1, 4, 4, 4)
