@@ -372,9 +372,22 @@ def _to_plain(obj: Any) -> Any:
     return obj
 
 
+def _yaml_load(text: str) -> Any:
+    """``yaml.safe_load``, except that ``1e-4`` is a number as in JSON (YAML 1.1 wants ``1.0e-4``)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    return yaml.load(text, Loader=Loader)  # noqa: S506 -- a SafeLoader subclass
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` strings (values read as YAML) to a nested mapping, in place."""
-    import yaml
 
     for item in overrides:
         if "=" not in item:
@@ -389,7 +402,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise InputError(None, f"--set {key}: {part!r} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(text)
+        node[parts[-1]] = _yaml_load(text)
     return data
 
 
@@ -420,7 +433,7 @@ def load_config(name_or_path: str | os.PathLike, overrides: list[str] | None = N
         raise InputError(path, "config file not found (bundled configs: "
                                f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _yaml_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise InputError(path, f"cannot read YAML ({str(exc).splitlines()[0]})") from exc
     if not isinstance(data, dict):

@@ -89,6 +89,13 @@ def test_config_errors_name_the_key(override, message):
     assert "demo.yaml" in str(info.value)
 
 
+def test_numbers_in_exponent_form_are_numbers():
+    from training.config import load_config
+
+    config = load_config("demo", ["optim.lr=5e-4", "optim.eps=1E-8"])
+    assert config.optim.lr == 5e-4 and config.optim.eps == 1e-8
+
+
 def test_cli_reports_a_bad_config_in_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim: {lr: [1, 2]}\n")
