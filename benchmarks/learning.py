@@ -64,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny smoke run (minutes; figures meaningless)")
     p.add_argument("--export-demo", action="store_true", help=f"export the diffusion model to {DEMO_MODEL.relative_to(REPO_ROOT)}")
     p.add_argument("--skip-ddpm", action="store_true", help="skip the DDPM-1000 row (the slowest evaluation)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the demo config in every run (as python -m training.train --set)")
     return p.parse_args(argv)
 
 
@@ -113,7 +115,7 @@ def train_run(name: str, cache: Path, args: argparse.Namespace, overrides: list[
     steps = 6 if args.quick else (args.regressor_steps if name == "regressor" else args.diffusion_steps)
     run_dir = args.out / "runs" / name
     config = load_config("demo", [f"data.cache={cache}", f"run_dir={run_dir}", f"name={name}",
-                                  f"train.max_steps={steps}", f"train.seed={args.seed}", *overrides])
+                                  f"train.max_steps={steps}", f"train.seed={args.seed}", *args.overrides, *overrides])
     result = train(config, resume=True, progress=sys.stderr.isatty())
     if not result.finished:
         raise SystemExit(f"error: training run {name} was interrupted")

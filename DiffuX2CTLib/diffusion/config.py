@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from ..errors import InputError
 
 BETA_SCHEDULES = ("linear", "cosine")
+LOSS_WEIGHTINGS = ("uniform", "min_snr")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 # Names diffusers uses for the same schedules (``DDPMScheduler(beta_schedule=...)``).
@@ -34,6 +35,11 @@ class DiffusionConfig:
             ``"v_prediction"`` (``v = sqrt(abar) eps - sqrt(1 - abar) x0``, Salimans & Ho 2022).
         proj_loss_weight: lambda in ``L = L_simple + lambda * L_proj``; ``None`` means ``1 / T``,
             the paper's weighting.
+        loss_weighting: ``"uniform"`` (the plain DDPM ``L_simple``, the paper's) or ``"min_snr"``
+            (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy": each
+            sample's squared error is weighted so that the loss equals ``min(SNR_t, gamma)`` times
+            the x0 error, which stops the low-noise steps from dominating and speeds up training).
+        min_snr_gamma: gamma of ``"min_snr"`` (5 in the paper).
         clip_sample: clamp the predicted x0 to ``[-1, 1]`` at every sampling step (the data are
             normalised to that range).
         beta_start, beta_end: end points of the linear schedule (unused by the cosine one). As in
@@ -46,6 +52,8 @@ class DiffusionConfig:
     beta_schedule: str = "linear"
     prediction_type: str = "epsilon"
     proj_loss_weight: float | None = None
+    loss_weighting: str = "uniform"
+    min_snr_gamma: float = 5.0
     clip_sample: bool = True
     beta_start: float = 1e-4
     beta_end: float = 0.02
@@ -57,6 +65,8 @@ class DiffusionConfig:
             value = getattr(self, name)
             if isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, name, float(value))
+        if isinstance(self.min_snr_gamma, int) and not isinstance(self.min_snr_gamma, bool):
+            object.__setattr__(self, "min_snr_gamma", float(self.min_snr_gamma))
         if isinstance(self.proj_loss_weight, int) and not isinstance(self.proj_loss_weight, bool):
             object.__setattr__(self, "proj_loss_weight", float(self.proj_loss_weight))
         self._validate()
@@ -77,6 +87,10 @@ class DiffusionConfig:
         need(w is None or (isinstance(w, float) and math.isfinite(w) and w >= 0.0),
              f"proj_loss_weight must be null or a finite number >= 0, got {w!r}")
         need(isinstance(self.clip_sample, bool), f"clip_sample must be true or false, got {self.clip_sample!r}")
+        need(self.loss_weighting in LOSS_WEIGHTINGS,
+             f"loss_weighting must be one of {list(LOSS_WEIGHTINGS)}, got {self.loss_weighting!r}")
+        need(isinstance(self.min_snr_gamma, float) and math.isfinite(self.min_snr_gamma) and self.min_snr_gamma > 0,
+             f"min_snr_gamma must be a positive number, got {self.min_snr_gamma!r}")
         for name in ("beta_start", "beta_end"):
             value = getattr(self, name)
             need(isinstance(value, float) and 0.0 < value < 1.0, f"{name} must be a number in (0, 1), got {value!r}")

@@ -36,7 +36,8 @@ class LossTerms:
 
     Attributes:
         total: ``simple + lambda * proj``; call ``total.backward()``.
-        simple: MSE between the network output and its target (noise or v).
+        simple: MSE between the network output and its target (noise or v), weighted per sample
+            when ``loss_weighting`` is ``min_snr``.
         proj: mean L1 between the projections of predicted and true x0 (0 without a projector).
     """
 
@@ -110,7 +111,11 @@ def diffusion_loss(
         raise InputError(None, f"the model returned shape {tuple(output.shape)} for an input of shape {tuple(x0.shape)}")
     with torch.autocast(device_type=device.type, enabled=False):
         target = schedule.training_target(x0.float(), noise.float(), t)
-        simple = F.mse_loss(output.float(), target.detach())
+        if schedule.config.loss_weighting == "uniform":
+            simple = F.mse_loss(output.float(), target.detach())
+        else:  # per-sample weights (min-SNR); the mean of the weighted squared errors
+            weight = schedule.loss_weight(t, target).detach()
+            simple = (weight * (output.float() - target.detach()) ** 2).mean()
 
     if project is None:
         proj = torch.zeros((), device=device, dtype=torch.float32)

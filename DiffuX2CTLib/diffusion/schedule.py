@@ -116,6 +116,20 @@ class NoiseSchedule:
         like = self._promote(x0, noise).expand(x0.shape)
         return self._coef("sqrt_alphas_cumprod", t, like) * x0 + self._coef("sqrt_one_minus_alphas_cumprod", t, like) * noise
 
+    def loss_weight(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+        """Per-sample weight ``(B, 1, ...)`` of the squared error on the training target.
+
+        ``uniform``: 1. ``min_snr`` (Hang et al. 2023) with ``SNR_t = abar_t / (1 - abar_t)``:
+        ``min(SNR, gamma) / SNR`` for an epsilon network and ``min(SNR, gamma) / (SNR + 1)`` for a
+        v network, i.e. the loss becomes ``min(SNR_t, gamma) * |x0_hat - x0|^2`` in both cases.
+        """
+        if self.config.loss_weighting == "uniform":
+            return torch.ones_like(self._coef("sqrt_alphas_cumprod", t, like))
+        abar = self._coef("sqrt_alphas_cumprod", t, like) ** 2
+        snr = abar / (1.0 - abar).clamp_min(1e-20)
+        clipped = snr.clamp(max=self.config.min_snr_gamma)
+        return clipped / snr.clamp_min(1e-20) if self.config.prediction_type == "epsilon" else clipped / (snr + 1.0)
+
     def v_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """The v-prediction target ``v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0``."""
         like = self._promote(x0, noise).expand(x0.shape)

@@ -246,3 +246,32 @@ def test_loss_shape_errors() -> None:
         diffusion_loss(lambda x, t: x[:, :, :2], x0, schedule)
     with pytest.raises(InputError, match="noise has shape"):
         diffusion_loss(lambda x, t: x, x0, schedule, noise=torch.zeros(2))
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_min_snr_weighting_is_min_snr_times_the_x0_error(prediction):
+    """Hang et al. 2023: the weighted loss on the network's target equals min(SNR_t, gamma) |x0_hat - x0|^2."""
+    config = DiffusionConfig(beta_schedule="cosine", prediction_type=prediction, loss_weighting="min_snr",
+                             min_snr_gamma=5.0)
+    schedule = NoiseSchedule(config)
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor([0, 100, 500, 900])
+    x0 = torch.randn(4, 1, 3, 3, 3, generator=g, dtype=torch.float64)
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    x_t = schedule.q_sample(x0, t, noise)
+    target = schedule.training_target(x0, noise, t)
+    output = target + 0.1 * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    weighted = (schedule.loss_weight(t, x0) * (output - target) ** 2).sum(dim=(1, 2, 3, 4))
+    abar = schedule.alphas_cumprod[t]
+    snr = (abar / (1 - abar)).clamp(max=5.0).view(-1, 1, 1, 1, 1)
+    expected = (snr * (schedule.predict_x0(x_t, t, output) - x0) ** 2).sum(dim=(1, 2, 3, 4))
+    torch.testing.assert_close(weighted, expected, rtol=1e-9, atol=1e-12)
+    uniform = NoiseSchedule(config.replace(loss_weighting="uniform"))
+    assert torch.equal(uniform.loss_weight(t, x0), torch.ones(4, 1, 1, 1, 1, dtype=torch.float64))
+
+
+def test_loss_weighting_is_validated():
+    with pytest.raises(InputError, match="loss_weighting must be one of"):
+        DiffusionConfig(loss_weighting="p2")
+    with pytest.raises(InputError, match="min_snr_gamma must be a positive number"):
+        DiffusionConfig(loss_weighting="min_snr", min_snr_gamma=0.0)
