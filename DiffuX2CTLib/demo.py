@@ -27,6 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .diffusion.config import DEFAULT_SAMPLER, SAMPLERS
+
 UNTRAINED_BANNER = (
     "NOTE: this demo uses an UNTRAINED randomly initialised model, so the reconstruction is "
     "noise-like and its metrics are not meaningful. Without --untrained the demo uses the trained "
@@ -144,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--drr-size", type=int, default=256, help="pixels of the written DRRs (M x M)")
     parser.add_argument("--drr-volume-size", type=int, default=128, help="CT grid the DRRs are computed from (N^3)")
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--sampler", default="dpmsolver++-sde", choices=["ddpm", "ddim", "dpmsolver++", "dpmsolver++-sde"])
+    parser.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 

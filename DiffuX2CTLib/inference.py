@@ -16,6 +16,7 @@ from typing import Any, Callable, Union
 
 import numpy as np
 
+from .diffusion.config import DEFAULT_SAMPLER
 from .errors import CancelledError, DiffuX2CTError, InputError
 
 XRayInput = Union[str, os.PathLike, "XRayImage", np.ndarray]  # noqa: F821
@@ -77,7 +78,7 @@ def reconstruct(
     lateral: XRayInput,
     checkpoint,
     steps: int = 25,
-    sampler: str = "dpmsolver++-sde",
+    sampler: str = DEFAULT_SAMPLER,
     seed: int = 0,
     device: str = "auto",
     num_samples: int = 1,

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
+from .diffusion.config import DEFAULT_SAMPLER
 from .errors import CheckpointError, InputError
 from .io.atomic import atomic_file
 from .io.files import default_cache_dir, sha256_file
@@ -179,7 +180,7 @@ class Metrics:
     split: str
     num_cases: int
     cases: tuple[str, ...] = ()
-    sampler: str = "dpmsolver++-sde"
+    sampler: str = DEFAULT_SAMPLER
     steps: int = 25
 
     def validate(self, where: str = "metrics") -> None:

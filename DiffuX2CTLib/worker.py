@@ -25,6 +25,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
+from .diffusion.config import DEFAULT_SAMPLER, SAMPLERS
 from .errors import CancelledError, CheckpointError, DiffuX2CTError, InputError
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_BAD_CHECKPOINT, EXIT_RUNTIME, EXIT_CANCELLED = 0, 2, 3, 4, 5
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lateral", required=True, type=Path, help="lateral radiograph")
     p.add_argument("--checkpoint", required=True, type=Path, help="NAME.safetensors (with NAME.json beside it)")
     p.add_argument("--steps", type=int, default=25, help="sampler steps")
-    p.add_argument("--sampler", default="dpmsolver++-sde", choices=["ddpm", "ddim", "dpmsolver++", "dpmsolver++-sde"],
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS,
                    help="dpmsolver++-sde (default: stochastic DPM-Solver++ 2M), dpmsolver++ (its deterministic "
                         "ODE form), ddim or ddpm")
     p.add_argument("--seed", type=int, default=0)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from DiffuX2CTLib.diffusion.config import DiffusionConfig
+from DiffuX2CTLib.diffusion.config import DEFAULT_SAMPLER, SAMPLERS, DiffusionConfig
 from DiffuX2CTLib.errors import InputError
 from DiffuX2CTLib.geometry import PRESETS, BiplanarGeometry
 from DiffuX2CTLib.io.intensity import CTIntensity
@@ -153,7 +153,7 @@ class RunConfig:
     threads: int = 0
     log_every: int = 10
     val_every: int = 1000
-    val_sampler: str = "dpmsolver++-sde"
+    val_sampler: str = DEFAULT_SAMPLER
     val_steps: int = 10
     checkpoint_every: int = 1000
     keep_last: int = 3
@@ -239,8 +239,7 @@ class TrainConfig:
         for key in ("log_every", "val_every", "checkpoint_every", "threads"):
             need(getattr(r, key) >= 0, f"train.{key}", "must be >= 0")
         need(r.keep_last >= 1, "train.keep_last", "must be >= 1")
-        need(r.val_sampler in ("ddpm", "ddim", "dpmsolver++", "dpmsolver++-sde"), "train.val_sampler",
-             "must be ddpm, ddim, dpmsolver++ or dpmsolver++-sde")
+        need(r.val_sampler in SAMPLERS, "train.val_sampler", f"must be one of {', '.join(SAMPLERS)}")
         need(r.val_steps >= 1, "train.val_steps", "must be >= 1")
         need(r.best_metric in BEST_METRICS, "train.best_metric", f"must be one of {sorted(BEST_METRICS)}")
         need(0 <= a.prob <= 1, "augment.prob", "must be in [0, 1]")

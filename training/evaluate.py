@@ -35,12 +35,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from DiffuX2CTLib.diffusion.config import DEFAULT_SAMPLER, SAMPLERS
 from DiffuX2CTLib.errors import DiffuX2CTError, InputError
 from DiffuX2CTLib.io.atomic import atomic_file
 
 from . import metrics as M
 from .cache import MANIFEST_NAME, CacheManifest, CaseRecord, read_case_line_integrals, read_case_volume
 from .perceptual import SKIP_MESSAGE, PerceptualMetrics, case_values
+from .state import load_model
 
 #: Metric columns in report order (absent ones are left out).
 METRIC_ORDER = ("psnr_db", "psnr_x2ct_db", "ssim3d", "ssim2d_slices", "mae_hu", "rmse_hu", "bone_dice",
@@ -56,25 +58,6 @@ class CaseResult:
     target_hu: np.ndarray
     std_hu: np.ndarray | None
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-def _load(path: str | Path, device: Any) -> tuple[Any, Any, str]:
-    """``(model, info, objective)`` of a checkpoint: via ``training.state.load_model`` when that
-    module exists, else an inference checkpoint via :func:`DiffuX2CTLib.checkpoint.load_checkpoint`
-    (objective from ``info.training["objective"]``, default ``diffusion``)."""
-    try:
-        from training.state import load_model  # type: ignore[import-not-found]
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("training.state", "training"):
-            raise
-        load_model = None
-    if load_model is not None:
-        loaded = load_model(path, device)
-        return loaded.model, loaded.info, loaded.objective
-    from DiffuX2CTLib.checkpoint import load_checkpoint
-
-    loaded = load_checkpoint(path, str(device))
-    return loaded.model, loaded.info, str(loaded.info.training.get("objective", "diffusion"))
 
 
 def select_cases(manifest: CacheManifest, split: str, case_ids: Sequence[str] | None = None,
@@ -129,7 +112,7 @@ def evaluate(
     cases: Sequence[str | CaseRecord] | None = None,
     *,
     split: str = "test",
-    sampler: str = "dpmsolver++-sde",
+    sampler: str = DEFAULT_SAMPLER,
     steps: int = 25,
     num_samples: int = 1,
     seed: int = 0,
@@ -319,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--cases", default=None, help="comma-separated case ids (of --split)")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most N cases")
-    p.add_argument("--sampler", default="dpmsolver++-sde", choices=("ddpm", "ddim", "dpmsolver++", "dpmsolver++-sde"))
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -338,7 +321,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     device = resolve_device(args.device)
     manifest = CacheManifest.load(args.cache)
-    model, info, objective = _load(args.checkpoint, device)
+    loaded = load_model(args.checkpoint, device)
+    model, info, objective = loaded.model, loaded.info, loaded.objective
     try:
         _check_geometry(manifest, info, args.cache)
     except InputError as exc:

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from DiffuX2CTLib.diffusion import DiffusionConfig, LossTerms, NoiseSchedule, diffusion_loss, sample
+from DiffuX2CTLib.diffusion import DEFAULT_SAMPLER, DiffusionConfig, LossTerms, NoiseSchedule, diffusion_loss, sample
 from DiffuX2CTLib.errors import InputError
 from DiffuX2CTLib.io.intensity import CTIntensity
 
@@ -104,7 +104,7 @@ def predict_volumes(
     objective: str,
     diffusion: DiffusionConfig,
     *,
-    sampler: str = "dpmsolver++-sde",
+    sampler: str = DEFAULT_SAMPLER,
     steps: int = 25,
     seed: int = 0,
     num_samples: int = 1,

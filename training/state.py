@@ -267,6 +267,7 @@ def inference_parts(path: str | os.PathLike, which: str = "best") -> tuple[dict[
     """The EMA weights and a :class:`~DiffuX2CTLib.checkpoint.CheckpointInfo` of a training checkpoint
     (a checkpoint folder, or a run folder: ``best`` if present, else the latest)."""
     from DiffuX2CTLib.checkpoint import CheckpointInfo
+    from DiffuX2CTLib.io.intensity import MU_WATER_PER_MM
     from DiffuX2CTLib.io.xray import XRayNormalization
 
     from .config import config_from_dict
@@ -281,7 +282,7 @@ def inference_parts(path: str | os.PathLike, which: str = "best") -> tuple[dict[
         geometry=geometry,
         intensity=config.build_intensity(),
         xray_normalization=XRayNormalization(),
-        mu_water_per_mm=float(extra.get("mu_water_per_mm", 0.01937)),
+        mu_water_per_mm=float(extra.get("mu_water_per_mm", MU_WATER_PER_MM)),
         trained=True,
         training={
             "name": config.name, "objective": config.objective, "step": loaded.step,

@@ -12,22 +12,20 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .config import BETA_SCHEDULES, PREDICTION_TYPES, DiffusionConfig
+from .config import BETA_SCHEDULES, DEFAULT_SAMPLER, PREDICTION_TYPES, SAMPLERS, DiffusionConfig
 
 _LAZY = {
     "NoiseSchedule": ".schedule",
     "make_betas": ".schedule",
     "LossTerms": ".losses",
     "diffusion_loss": ".losses",
-    "SAMPLERS": ".samplers",
-    "DEFAULT_SAMPLER": ".samplers",
     "sample": ".samplers",
     "make_scheduler": ".samplers",
     "sampling_timesteps": ".samplers",
     "count_model_evaluations": ".samplers",
 }
 
-__all__ = ["BETA_SCHEDULES", "PREDICTION_TYPES", "DiffusionConfig", *_LAZY]
+__all__ = ["BETA_SCHEDULES", "DEFAULT_SAMPLER", "PREDICTION_TYPES", "SAMPLERS", "DiffusionConfig", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

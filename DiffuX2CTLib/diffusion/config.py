@@ -15,6 +15,14 @@ from ..errors import InputError
 
 BETA_SCHEDULES = ("linear", "cosine")
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
+#: Reverse-process samplers (see :mod:`.samplers`); listed here so that CLIs can offer them
+#: without importing torch.
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver++", "dpmsolver++-sde")
+#: The sampler the worker, the demo and the evaluation use unless told otherwise. Measured on the
+#: demo model (benchmarks/RESULTS.md), stochastic samplers reconstruct better than deterministic
+#: ones at the same cost: 3D SSIM 0.642 with this one at 25 steps, 0.624 with the DPM-Solver++
+#: ODE, 0.656 with DDPM at 1000 steps.
+DEFAULT_SAMPLER = "dpmsolver++-sde"
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 # Names diffusers uses for the same schedules (``DDPMScheduler(beta_schedule=...)``).
@@ -61,12 +69,10 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         schedule = _ALIASES.get(self.beta_schedule, self.beta_schedule)
         object.__setattr__(self, "beta_schedule", schedule)
-        for name in ("beta_start", "beta_end"):
+        for name in ("beta_start", "beta_end", "min_snr_gamma"):
             value = getattr(self, name)
             if isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, name, float(value))
-        if isinstance(self.min_snr_gamma, int) and not isinstance(self.min_snr_gamma, bool):
-            object.__setattr__(self, "min_snr_gamma", float(self.min_snr_gamma))
         if isinstance(self.proj_loss_weight, int) and not isinstance(self.proj_loss_weight, bool):
             object.__setattr__(self, "proj_loss_weight", float(self.proj_loss_weight))
         self._validate()

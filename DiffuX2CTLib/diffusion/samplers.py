@@ -53,14 +53,8 @@ from typing import Callable
 import torch
 
 from ..errors import CancelledError, DiffuX2CTError, InputError
-from .config import DiffusionConfig
+from .config import SAMPLERS, DiffusionConfig
 
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver++", "dpmsolver++-sde")
-#: The sampler the worker, the demo and the evaluation use unless told otherwise. Measured on the
-#: demo model (benchmarks/RESULTS.md), stochastic samplers reconstruct better than deterministic
-#: ones at the same cost: 3D SSIM 0.642 with this one at 25 steps, 0.624 with the DPM-Solver++
-#: ODE, 0.656 with DDPM at 1000 steps.
-DEFAULT_SAMPLER = "dpmsolver++-sde"
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
