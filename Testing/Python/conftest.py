@@ -72,3 +72,26 @@ def make_ct() -> Callable[..., sitk.Image]:
 def ct_image() -> sitk.Image:
     """A small axis-aligned synthetic CT (24 x 20 x 16 voxels, 1.5 x 1.25 x 2.0 mm)."""
     return make_synthetic_ct()
+
+
+#: ``../shared/slicer``: Slicer's volume-rendering ``presets.xml`` and the ExtensionsIndex schema.
+SHARED_SLICER_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "slicer"
+
+
+@pytest.fixture(scope="session")
+def shared_slicer_dir() -> Path:
+    """The Slicer reference folder; skips the test when it is absent."""
+    if not (SHARED_SLICER_DIR / "presets.xml").is_file():
+        pytest.skip(f"Slicer reference folder {SHARED_SLICER_DIR} (../shared/slicer) is absent")
+    return SHARED_SLICER_DIR
+
+
+@pytest.fixture()
+def slicer_logics(shared_slicer_dir):
+    """A fresh headless MRML scene with the module logics (Slicer's real MRML core)."""
+    pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+    from DiffuX2CTSlicerLib.headless import build_headless_slicer
+
+    logics = build_headless_slicer(shared_slicer_dir)
+    yield logics
+    logics.scene.Clear(1)
