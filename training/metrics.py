@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from DiffuX2CTLib.io.intensity import CTIntensity
+from DiffuX2CTLib.metrics import BONE_THRESHOLD_HU, bone_dice
 
 #: PSNR reported when the MSE is 0 (identical volumes) or would exceed it: 100 dB.
 PSNR_CAP_DB = 100.0
@@ -33,8 +34,6 @@ X2CT_RANGE = (0.0, 2500.0)
 X2CT_PEAK = 4095.0
 #: Body voxels for the uncertainty metrics: target above this HU.
 BODY_THRESHOLD_HU = -900.0
-#: Default bone threshold for :func:`bone_dice` (HU).
-BONE_THRESHOLD_HU = 200.0
 
 PSNR_DATA_RANGE_TEXT = "window [{lo:g}, {hi:g}] HU ({span:g}): both volumes clipped to the window"
 PSNR_X2CT_TEXT = ("X2CT-GAN convention: HU + 1024 clipped to [0, 2500] (HU in [-1024, 1476]), MSE on that scale, "
@@ -126,22 +125,6 @@ def mae_rmse_hu(pred_hu: np.ndarray, target_hu: np.ndarray, intensity: CTIntensi
     p, t = _check(pred_hu, target_hu)
     d = _clip_window(p, intensity) - _clip_window(t, intensity)
     return float(np.mean(np.abs(d))), float(np.sqrt(np.mean(d * d)))
-
-
-def bone_dice(pred_hu: np.ndarray, target_hu: np.ndarray, threshold_hu: float = BONE_THRESHOLD_HU) -> float:
-    """Dice of the bone masks ``HU >= threshold_hu`` (1.0 when both are empty).
-
-    200 HU by default: cancellous bone is about 200-400 HU and cortical bone higher (to about
-    2000 HU), while soft tissue and contrast-free organs stay below ~100 HU. At the model's
-    coarse voxels (2.5 mm at 128^3) partial volume lowers the HU of thin bone, so a moderate
-    threshold keeps ribs and vertebrae in the mask without picking up soft tissue.
-    """
-    p, t = _check(pred_hu, target_hu)
-    a, b = p >= threshold_hu, t >= threshold_hu
-    total = int(a.sum()) + int(b.sum())
-    if total == 0:
-        return 1.0
-    return float(2.0 * np.logical_and(a, b).sum() / total)
 
 
 def projection_metrics(pred_hu: np.ndarray, input_line_integrals: np.ndarray, projector: Any,

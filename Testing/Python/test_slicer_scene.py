@@ -1,0 +1,146 @@
+"""The Slicer layer against Slicer's real MRML core (slicer-core): geometry, radiographs,
+bone segmentation and the ground-truth comparison."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import make_synthetic_ct
+
+pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+
+OBLIQUE = (  # a rotation of 20 degrees about S, then 10 about R (a tilted gantry)
+    math.cos(0.35), -math.sin(0.35), 0.0,
+    math.sin(0.35) * math.cos(0.17), math.cos(0.35) * math.cos(0.17), -math.sin(0.17),
+    math.sin(0.35) * math.sin(0.17), math.cos(0.35) * math.sin(0.17), math.cos(0.17),
+)
+
+
+def _ras(point_lps):
+    return np.array([-point_lps[0], -point_lps[1], point_lps[2]])
+
+
+def test_volume_round_trip_keeps_lps_geometry(slicer_logics, tmp_path):
+    from DiffuX2CTSlicerLib.volumes import add_volume_node, image_from_node, load_ct_node, save_node
+
+    image = make_synthetic_ct(direction=OBLIQUE)
+    node = add_volume_node(slicer_logics.scene, image, "ct")
+    # a voxel's RAS position in the node is its LPS position in the image with x, y negated
+    index = (3, 7, 11)
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    ras = np.array(matrix.MultiplyPoint((*index, 1.0))[:3])
+    np.testing.assert_allclose(ras, _ras(image.TransformIndexToPhysicalPoint(index)), atol=1e-9)
+    np.testing.assert_allclose(node.GetOrigin(), _ras(image.GetOrigin()), atol=1e-9)
+
+    back = image_from_node(node)
+    np.testing.assert_allclose(back.GetSpacing(), image.GetSpacing(), atol=1e-12)
+    np.testing.assert_allclose(back.GetOrigin(), image.GetOrigin(), atol=1e-9)
+    np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=1e-12)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+
+    path = save_node(node, tmp_path / "ct.nrrd")
+    reread = load_ct_node(slicer_logics.scene, path)
+    np.testing.assert_allclose(reread.GetOrigin(), node.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(image_from_node(reread).GetDirection(), image.GetDirection(), atol=1e-6)
+    assert reread.GetAttribute("DiffuX2CT.SourcePath") == str(path)
+
+
+def test_radiograph_nodes_load_check_and_export(slicer_logics, tmp_path):
+    from DiffuX2CTLib.errors import InputError
+    from DiffuX2CTLib.io.xray import read_xray, write_xray_nrrd
+    from DiffuX2CTSlicerLib.volumes import add_volume_node
+    from DiffuX2CTSlicerLib.xray_nodes import check_radiograph_node, load_xray_node, xray_file_for_worker
+
+    rng = np.random.default_rng(1)
+    pixels = rng.random((30, 40)).astype(np.float32)
+    write_xray_nrrd(tmp_path / "ap.nrrd", pixels, (0.8, 0.5))
+    node = load_xray_node(slicer_logics.scene, tmp_path / "ap.nrrd", "ap")
+    assert node.GetImageData().GetDimensions() == (40, 30, 1)
+    np.testing.assert_allclose(node.GetSpacing()[:2], (0.5, 0.8))
+    assert node.GetAttribute("DiffuX2CT.SpacingKnown") == "1"
+    # the worker gets the source file itself
+    assert xray_file_for_worker(node, tmp_path, "ap") == str(tmp_path / "ap.nrrd")
+    # a node without a source file is written out with its pixels and spacing
+    node.RemoveAttribute("DiffuX2CT.SourcePath")
+    out = xray_file_for_worker(node, tmp_path / "..", "lateral")
+    written = read_xray(out)
+    np.testing.assert_array_equal(written.pixels, pixels)
+    assert written.spacing_mm == pytest.approx((0.8, 0.5))
+
+    volume = add_volume_node(slicer_logics.scene, make_synthetic_ct(), "ct")
+    with pytest.raises(InputError, match="not a 2D image"):
+        check_radiograph_node(volume, "AP")
+    with pytest.raises(InputError, match="no lateral radiograph"):
+        check_radiograph_node(None, "lateral")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="bad.png"):
+        load_xray_node(slicer_logics.scene, tmp_path / "bad.png", "ap")
+
+
+def test_bone_segmentation_has_a_closed_surface_on_the_volume(slicer_logics):
+    from DiffuX2CTSlicerLib.segmentation import bone_segmentation
+    from DiffuX2CTSlicerLib.volumes import add_volume_node
+
+    image = make_synthetic_ct(size=(32, 28, 24), direction=OBLIQUE)  # holds a 700 HU rod
+    volume = add_volume_node(slicer_logics.scene, image, "recon")
+    segmentation = bone_segmentation(slicer_logics, volume)
+    segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
+    assert segmentation.GetSegmentation().GetNthSegment(0).GetName() == "Bone"
+    surface = segmentation.GetClosedSurfaceInternalRepresentation(segment_id)
+    assert surface is not None and surface.GetNumberOfPoints() > 50 and surface.GetNumberOfCells() > 50
+    # the surface lies inside the volume's RAS bounds
+    bounds = [0.0] * 6
+    volume.GetRASBounds(bounds)
+    sb = surface.GetBounds()
+    for axis in range(3):
+        assert sb[2 * axis] >= bounds[2 * axis] - 1.0 and sb[2 * axis + 1] <= bounds[2 * axis + 1] + 1.0
+    # the segment covers the bone voxels (>= 200 HU): compare voxel counts through a labelmap
+    import slicer.util
+
+    labels = slicer_logics.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    assert slicer_logics.segmentations.ExportVisibleSegmentsToLabelmapNode(segmentation, labels, volume)
+    expected = int((sitk.GetArrayFromImage(image) >= 200).sum())
+    assert int((slicer.util.arrayFromVolume(labels) > 0).sum()) == expected
+    assert expected > 0
+
+
+def test_comparison_table_matches_library_metrics(slicer_logics):
+    from DiffuX2CTLib.metrics import bone_dice, volume_metrics
+    from DiffuX2CTSlicerLib.comparison import compare_with_ground_truth
+    from DiffuX2CTSlicerLib.volumes import add_volume_node
+
+    truth_image = make_synthetic_ct(size=(20, 20, 20), spacing=(2.0, 2.0, 2.0), origin=(-19, -19, -19))
+    recon_image = make_synthetic_ct(size=(20, 20, 20), spacing=(2.0, 2.0, 2.0), origin=(-19, -19, -19), seed=5)
+    recon_array = sitk.GetArrayFromImage(recon_image) + 30.0
+    recon = sitk.GetImageFromArray(recon_array)
+    recon.CopyInformation(recon_image)
+    # the ground truth covers a larger field at another spacing: it is resampled onto the recon grid
+    truth_fine = sitk.Resample(truth_image, [40, 40, 40], sitk.Transform(), sitk.sitkLinear, (-29, -29, -29),
+                               (1.5, 1.5, 1.5), truth_image.GetDirection(), -1024.0, sitk.sitkFloat32)
+    recon_node = add_volume_node(slicer_logics.scene, recon, "recon")
+    truth_node = add_volume_node(slicer_logics.scene, truth_fine, "truth")
+    result = compare_with_ground_truth(slicer_logics.scene, recon_node, truth_node)
+
+    on_grid = sitk.Resample(truth_fine, recon, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    expected = volume_metrics(recon_array, sitk.GetArrayFromImage(on_grid))
+    expected["bone_dice"] = bone_dice(recon_array, sitk.GetArrayFromImage(on_grid))
+    table = result.table.GetTable()
+    rows = {table.GetValue(r, 0).ToString(): (table.GetValue(r, 1).ToDouble(), table.GetValue(r, 2).ToString())
+            for r in range(table.GetNumberOfRows())}
+    assert rows["MAE"] == (pytest.approx(expected["mae_hu"], rel=1e-6), "HU")
+    assert rows["PSNR"][0] == pytest.approx(expected["psnr_db"], rel=1e-6)
+    assert rows["SSIM3D"][0] == pytest.approx(expected["ssim"], rel=1e-6)
+    assert rows["Bone Dice"][0] == pytest.approx(expected["bone_dice"], rel=1e-6)
+    # the difference volume is recon - truth on the recon grid, in the recon's frame
+    import slicer.util
+
+    diff = slicer.util.arrayFromVolume(result.difference)
+    np.testing.assert_allclose(diff, recon_array - sitk.GetArrayFromImage(on_grid), atol=1e-3)
+    np.testing.assert_allclose(result.difference.GetOrigin(), recon_node.GetOrigin())
