@@ -185,3 +185,72 @@ def test_simulated_png_and_nrrd_enter_the_network_the_same_way(case):
     from_nrrd = prepare_xrays(case["ap"], case["lateral"], case["geometry"], norm)
     assert from_png.shape == from_nrrd.shape == (2, 16, 16)
     np.testing.assert_allclose(from_png, from_nrrd, atol=2e-3)
+
+
+# --- --parent-pid watchdog ---------------------------------------------------------------------
+
+_INTERMEDIATE = r"""
+import os, subprocess, sys, time
+worker = subprocess.Popen([sys.executable, "-u", "-m", "DiffuX2CTLib.worker", *sys.argv[1:],
+                           "--parent-pid", str(os.getpid())], stdin=subprocess.DEVNULL)
+print(f"WORKER {worker.pid}", flush=True)
+time.sleep(600)  # until the test terminates it, leaving the worker behind
+"""
+
+
+def _gone_or_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_worker_cancels_itself_when_its_parent_dies(case, tmp_path):
+    out = tmp_path / "ct.nrrd"
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    with open(tmp_path / "stderr.txt", "w") as errors:
+        parent = subprocess.Popen([sys.executable, "-c", _INTERMEDIATE, *base_args(case, out, steps=1000, sampler="ddpm")],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
+        try:
+            worker_pid = int(parent.stdout.readline().split()[1])
+            first = parent.stdout.readline()
+            assert first.startswith("PROGRESS 1/1000"), first + (tmp_path / "stderr.txt").read_text()
+            parent.terminate()  # the intermediate process exits; the worker is now an orphan
+            parent.wait(timeout=10)
+            started = time.monotonic()
+            rest, _ = parent.communicate(timeout=30)  # EOF once the worker, which shares the pipe, exits
+            elapsed = time.monotonic() - started
+        finally:
+            if parent.poll() is None:
+                parent.kill()
+    result = json.loads(rest.strip().splitlines()[-1])
+    assert result["status"] == "cancelled" and result["exit_code"] == EXIT_CANCELLED
+    assert f"parent process {parent.pid} ended" in result["error"]
+    assert elapsed < 10  # about one check interval plus one step, not 1000 steps
+    deadline = time.monotonic() + 5
+    while not _gone_or_zombie(worker_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone_or_zombie(worker_pid)
+    assert "ended; cancelling" in (tmp_path / "stderr.txt").read_text()
+    assert not out.exists()
+
+
+def test_worker_parent_pid_in_process(case, tmp_path, capsys):
+    """A parent that is already gone cancels at once; a bad pid is bad input; the thread stops."""
+    import threading
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        assert worker_main([*base_args(case, tmp_path / "ct.nrrd"), "--parent-pid", str(dead.pid)]) == EXIT_CANCELLED
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["status"] == "cancelled" and f"parent process {dead.pid} ended" in result["error"]
+        assert worker_main([*base_args(case, tmp_path / "ct.nrrd"), "--parent-pid", "0"]) == EXIT_BAD_INPUT
+    finally:
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
+    assert not (tmp_path / "ct.nrrd").exists()
+    assert not [t for t in threading.enumerate() if t.name == "DiffuX2CT-parent-watchdog"]
