@@ -113,25 +113,34 @@ class SimulatedViews:
     isocenter_lps: tuple[float, float, float]
 
 
-def simulate_views(scene: Any, ct_node: Any, geometry: Any) -> SimulatedViews:
-    """AP and lateral DRRs (line integrals) of a CT node in the checkpoint's ``geometry``.
+def simulate_views(scene: Any, ct_node: Any, geometry: Any, xray_size: int | None = 256,
+                   volume_size: int | None = 128) -> SimulatedViews:
+    """AP and lateral DRRs (line integrals) of a CT node in the checkpoint's physical ``geometry``.
 
     Uses the shared projector (:func:`DiffuX2CTLib.simulate.simulate_xrays`, which centres the
-    model grid on the body), so the views are exactly what the model was trained on.
+    grid on the body). The views are rendered at ``xray_size`` pixels from the CT sampled on a
+    ``volume_size``^3 grid of the same physical extent (``None``: the model's own sampling), so
+    they are worth looking at; their pixel spacing (mm) is kept, and the worker resamples them to
+    the model's detector as it does any radiograph.
     """
     from DiffuX2CTLib.simulate import simulate_xrays
 
-    result = simulate_xrays(image_from_node(ct_node), geometry)
-    spacing = tuple(geometry.detector_spacing_mm)
+    render = geometry.with_sizes(volume_size=max(volume_size or 0, geometry.volume_shape[0]),
+                                 xray_size=max(xray_size or 0, geometry.detector_shape[0]))
+    result = simulate_xrays(image_from_node(ct_node), render)
+    spacing = tuple(render.detector_spacing_mm)
     nodes = []
-    for i, view in enumerate(geometry.views):
+    for i, view in enumerate(render.views):
         node = add_volume_node(scene, _image_2d(result.line_integrals[i], spacing), f"{ct_node.GetName()} DRR {view}")
         node.SetAttribute(SPACING_KNOWN_ATTRIBUTE, "1")
-        node.SetAttribute(ISOCENTER_ATTRIBUTE, ",".join(f"{c:.6g}" for c in result.ct_center_lps))
+        node.SetAttribute(ISOCENTER_ATTRIBUTE, ",".join(repr(float(c)) for c in result.ct_center_lps))
         node.SetAttribute(VIEW_ATTRIBUTE, view)
         node.SetAttribute("DiffuX2CT.SimulatedFrom", ct_node.GetID())
+        display = node.GetDisplayNode()
+        if display is not None:  # a radiograph look: dense is bright
+            display.AutoWindowLevelOn()
         nodes.append(node)
-    by_view = dict(zip(geometry.views, nodes))
+    by_view = dict(zip(render.views, nodes))
     return SimulatedViews(by_view["ap"], by_view["lateral"], result.ct_center_lps)
 
 

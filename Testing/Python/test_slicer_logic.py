@@ -64,7 +64,9 @@ def test_reconstruction_chain_places_segments_renders_and_compares(logic, slicer
     ct = add_volume_node(scene, phantom_ct(), "phantom CT")
     views = logic.simulate_from_ct(ct, demo_checkpoint)
     info = read_checkpoint_info(demo_checkpoint)
-    assert views.ap.GetImageData().GetDimensions() == (*reversed(info.geometry.detector_shape), 1)
+    assert views.ap.GetImageData().GetDimensions() == (256, 256, 1)  # display resolution, same physical detector
+    rows_mm = info.geometry.detector_shape[0] * info.geometry.detector_spacing_mm[0]
+    assert views.ap.GetSpacing()[1] * 256 == pytest.approx(rows_mm)
 
     progress, finished = [], []
     process = logic.start(views.ap, views.lateral, demo_checkpoint, SamplingSettings(steps=4, device="cpu"),

@@ -113,7 +113,7 @@ def test_bone_segmentation_has_a_closed_surface_on_the_volume(slicer_logics):
 
 def test_comparison_table_matches_library_metrics(slicer_logics):
     from DiffuX2CTLib.metrics import bone_dice, volume_metrics
-    from DiffuX2CTSlicerLib.comparison import compare_with_ground_truth
+    from DiffuX2CTSlicerLib.comparison import compare_with_ground_truth, resample_to_reference
     from DiffuX2CTSlicerLib.volumes import add_volume_node
 
     truth_image = make_synthetic_ct(size=(20, 20, 20), spacing=(2.0, 2.0, 2.0), origin=(-19, -19, -19))
@@ -128,7 +128,12 @@ def test_comparison_table_matches_library_metrics(slicer_logics):
     truth_node = add_volume_node(slicer_logics.scene, truth_fine, "truth")
     result = compare_with_ground_truth(slicer_logics.scene, recon_node, truth_node)
 
-    on_grid = sitk.Resample(truth_fine, recon, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    on_grid = resample_to_reference(truth_fine, recon)
+    # finer axes are smoothed before resampling (1.5 mm -> 2 mm voxels); equal or coarser ones are not
+    plain = sitk.Resample(truth_fine, recon, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    assert 0 < np.abs(sitk.GetArrayFromImage(on_grid) - sitk.GetArrayFromImage(plain)).max()
+    same = resample_to_reference(recon, recon)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(same), recon_array)
     expected = volume_metrics(recon_array, sitk.GetArrayFromImage(on_grid))
     expected["bone_dice"] = bone_dice(recon_array, sitk.GetArrayFromImage(on_grid))
     table = result.table.GetTable()
