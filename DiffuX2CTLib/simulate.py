@@ -87,9 +87,13 @@ def simulate_xrays(ct_image, geometry: BiplanarGeometry, projector=None) -> Simu
 
 
 def write_simulation(result: SimulatedXRays, out_dir: str | Path, source: str | None = None,
-                     write_model_ct: bool = False, progress: Callable[[str], None] | None = None) -> list[Path]:
+                     write_model_ct: bool = False, progress: Callable[[str], None] | None = None,
+                     films: Any = None) -> list[Path]:
     """Write ``{view}.png`` (16-bit), ``{view}.nrrd`` (line integrals, mm spacing) and the sidecar.
 
+    ``films`` (a :class:`~DiffuX2CTLib.radiograph.simulation.SimulatedFilms`) adds
+    ``{view}_film.dcm`` (DICOM DX) and ``{view}_film.png`` (8-bit) per view, listed in the
+    sidecar's ``files`` and described under its ``film`` key.
     All files appear together or not at all (staged in a temporary folder inside ``out_dir``).
     """
     from .io.ct import write_ct
@@ -108,6 +112,14 @@ def write_simulation(result: SimulatedXRays, out_dir: str | Path, source: str | 
         if write_model_ct:
             write_ct(result.model_ct, stage / "ct_model_grid.nii.gz")
             names.append("ct_model_grid.nii.gz")
-        (stage / SIDECAR_NAME).write_text(json.dumps(result.sidecar(source), indent=2))
+        sidecar = result.sidecar(source)
+        if films is not None:
+            from .radiograph.simulation import write_film_files
+
+            for view, entry in write_film_files(stage, films, source=source, progress=progress).items():
+                sidecar["files"][view].update(entry)
+                names += list(entry.values())
+            sidecar["film"] = films.sidecar()
+        (stage / SIDECAR_NAME).write_text(json.dumps(sidecar, indent=2))
         names.append(SIDECAR_NAME)
     return [out_dir / n for n in names]
