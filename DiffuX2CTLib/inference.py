@@ -29,12 +29,15 @@ class ReconstructionResult:
     Attributes:
         ct: SimpleITK image in HU (mean over samples), geometry as described in the module doc.
         std: per-voxel standard deviation over samples in HU (``None`` when ``num_samples == 1``).
-        details: sampler, steps, seed, device, timing and whether the model was trained.
+        details: sampler, steps, seed, device, timing, whether the model was trained, and
+            ``xrays``: per view, how its radiograph was read (encoding path, orientation, scale).
+        warnings: assumptions made while reading the radiographs (``"VIEW (FILE): ..."``).
     """
 
     ct: Any
     std: Any | None
     details: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def resolve_device(device: str = "auto") -> "torch.device":  # noqa: F821
@@ -49,26 +52,35 @@ def resolve_device(device: str = "auto") -> "torch.device":  # noqa: F821
     return dev
 
 
-def prepare_xrays(ap: XRayInput, lateral: XRayInput, geometry, normalization) -> np.ndarray:
+def prepare_xrays(ap: XRayInput, lateral: XRayInput, geometry, normalization, options=None, *,
+                  report: dict | None = None) -> np.ndarray:
     """Both views on the geometry's detector grid, normalised to [-1, 1]: ``(2, rows, cols)``.
 
-    Files and :class:`XRayImage` inputs are resampled to the detector pitch when their pixel
-    spacing is known; a plain array must already be ``geometry.detector_shape``.
+    Files and :class:`XRayImage` inputs go through the reading chain of
+    :func:`DiffuX2CTLib.io.radiograph.prepare_radiograph` with ``options`` (a
+    :class:`~DiffuX2CTLib.io.radiograph.RadiographOptions`; default: DICOM tags decide, other
+    formats are line integrals, no VOI): line-integral estimate, labels and collimation left out,
+    view orientation, scale at the isocentre. A film without pixel spacing is refused unless the
+    options give one. A plain array must already be ``geometry.detector_shape`` line integrals.
+    ``report``, if given, receives ``"warnings"`` (list of str) and ``"views"`` (per-view summary).
     """
-    from .io.xray import XRayImage, fit_xray_to_detector, read_xray
+    from .io.radiograph import prepare_radiograph
 
-    views = []
+    views, warnings, summaries = [], [], {}
     for view, item in (("ap", ap), ("lateral", lateral)):
         if isinstance(item, np.ndarray):
             if tuple(item.shape) != tuple(geometry.detector_shape):
                 raise InputError(None, f"{view} array has shape {item.shape}, expected {geometry.detector_shape}")
-            pixels = item.astype(np.float32)
-            name = None
+            views.append(normalization.normalize_numpy(item.astype(np.float32)))
+            summaries[view] = {"file": None, "format": "array", "encoding_path": "line-integral -> as is"}
         else:
-            image = item if isinstance(item, XRayImage) else read_xray(item)
-            pixels = fit_xray_to_detector(image, geometry, view).pixels
-            name = image.path
-        views.append(normalization.normalize_numpy(pixels, path=name))
+            prepared = prepare_radiograph(item, view, geometry, normalization, options)
+            views.append(prepared.pixels)
+            warnings += prepared.warnings
+            summaries[view] = prepared.summary
+    if report is not None:
+        report["warnings"] = warnings
+        report["views"] = summaries
     order = [("ap", "lateral").index(v) for v in geometry.views]
     return np.stack([views[i] for i in order]).astype(np.float32)
 
@@ -86,6 +98,7 @@ def reconstruct(
     cancel: Callable[[], bool] | None = None,
     isocenter_lps: tuple[float, float, float] = (0.0, 0.0, 0.0),
     eta: float = 0.0,
+    reading=None,
 ) -> ReconstructionResult:
     """CT in HU from two radiographs.
 
@@ -102,6 +115,8 @@ def reconstruct(
         cancel: polled before each network evaluation; returning True raises CancelledError.
         isocenter_lps: LPS position (mm) of the isocentre, i.e. the output volume's centre.
         eta: DDIM stochasticity (0 = deterministic).
+        reading: :class:`~DiffuX2CTLib.io.radiograph.RadiographOptions` for reading real
+            radiographs (encoding, VOI, display gamma, spacing for films without one).
     """
     import torch
 
@@ -115,7 +130,9 @@ def reconstruct(
     started = time.perf_counter()
     loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, device=str(dev))
     info, model = loaded.info, loaded.model.to(dev).eval()
-    xrays = torch.from_numpy(prepare_xrays(ap, lateral, info.geometry, info.xray_normalization))[None].to(dev)
+    report: dict = {}
+    xrays = prepare_xrays(ap, lateral, info.geometry, info.xray_normalization, reading, report=report)
+    xrays = torch.from_numpy(xrays)[None].to(dev)
     use_bf16 = dev.type == "cuda"
     shape = (num_samples, info.network.in_channels, *info.geometry.volume_shape)
     generator = torch.Generator(device=dev).manual_seed(int(seed))
@@ -145,9 +162,9 @@ def reconstruct(
         "device": str(dev), "dtype": "bfloat16" if use_bf16 else "float32",
         "seconds": round(time.perf_counter() - started, 3),
         "model_trained": info.trained, "geometry_hash": info.geometry.hash,
-        "checkpoint": str(loaded.weights_path),
+        "checkpoint": str(loaded.weights_path), "xrays": report.get("views", {}),
     }
-    return ReconstructionResult(ct=ct, std=std, details=details)
+    return ReconstructionResult(ct=ct, std=std, details=details, warnings=list(report.get("warnings", [])))
 
 
 def read_isocenter(sidecar: str | os.PathLike) -> tuple[float, float, float]:

@@ -15,6 +15,11 @@ Conventions (see ``geometry/biplanar.py`` for the frames):
   luminance (Rec. 601 weights, alpha dropped) and ``metadata["color_conversion"]`` says so.
   Colour DICOM (RGB, PALETTE COLOR, YBR_*) is refused: a radiograph in colour is not trusted.
 * A constant image is read (``metadata["constant"] = True``) but cannot be normalised.
+
+:func:`read_xray` only reads. Turning a real radiograph into the line-integral image the network
+was trained on (PixelIntensityRelationship, -log of raw data, display gamma, burned-in labels,
+collimation, magnification, view orientation) is done by
+:func:`DiffuX2CTLib.io.radiograph.prepare_radiograph`; DICOM reading is in ``xray_dicom.py``.
 """
 
 from __future__ import annotations
@@ -55,13 +60,19 @@ class XRayImage:
         path: the file it came from, if any (used in error messages).
         metadata: free-form facts, e.g. ``format``, ``modality``, ``photometric_interpretation``,
             ``view_position``, ``spacing_source``, ``voi_applied``, ``color_conversion``,
-            ``constant``.
+            ``constant``, ``full_scale`` (the largest code of the pixel type, for the display
+            gamma), ``warnings`` (assumptions made while reading, strings); after
+            :func:`~DiffuX2CTLib.io.radiograph.prepare_radiograph` also ``encoding_path``,
+            ``overlays``, ``orientation_applied``, ``magnification`` and ``isocenter_spacing_mm``.
+        valid_mask: optional bool ``(rows, cols)``; False marks pixels (burned-in labels,
+            collimation) left out of the normalisation statistics.
     """
 
     pixels: np.ndarray
     spacing_mm: tuple[float, float] | None = None
     path: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    valid_mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         pixels = np.asarray(self.pixels)
@@ -79,6 +90,11 @@ class XRayImage:
             self.spacing_mm = _check_spacing(self.spacing_mm, self.path, "spacing")
         self.metadata = dict(self.metadata)
         self.metadata["constant"] = bool(pixels.min() == pixels.max())
+        if self.valid_mask is not None:
+            mask = np.asarray(self.valid_mask, dtype=bool)
+            if mask.shape != pixels.shape:
+                raise InputError(self.path, f"valid_mask has shape {mask.shape}, the image {pixels.shape}")
+            self.valid_mask = mask
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -97,6 +113,22 @@ def _check_spacing(values: Any, path: str | None, what: str) -> tuple[float, flo
     return spacing  # type: ignore[return-value]
 
 
+def _full_scale(arr: np.ndarray, mode: str | None = None) -> float:
+    """The code of full brightness: the pixel type's maximum for integers (255 for 8-bit and
+    colour Pillow modes, 65535 for 16-bit), the image maximum for floats and 32-bit integers."""
+    if mode is not None:
+        if mode == "1":
+            return 1.0
+        if mode.startswith("I;16"):
+            return 65535.0
+        if mode not in ("I", "F"):
+            return 255.0
+    elif np.issubdtype(arr.dtype, np.integer) and np.iinfo(arr.dtype).bits <= 16:
+        return float(np.iinfo(arr.dtype).max)
+    peak = float(np.max(arr)) if arr.size else 0.0
+    return peak if math.isfinite(peak) and peak > 0 else 1.0
+
+
 def _luminance(rgb: np.ndarray) -> np.ndarray:
     """Rec. 601 luminance of ``(rows, cols, 3|4)`` (alpha ignored), float64."""
     return rgb[..., :3].astype(np.float64) @ _LUMA
@@ -105,7 +137,7 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
-def read_xray(path: str | os.PathLike, *, apply_voi: bool = True) -> XRayImage:
+def read_xray(path: str | os.PathLike, *, apply_voi: bool = True, voi_on_linear_data: bool = True) -> XRayImage:
     """Read a 2D radiograph from DICOM, PNG (8/16-bit), TIFF, JPEG, NRRD, MHA or NIfTI.
 
     The format is detected from the file's content (DICOM preamble, PNG/JPEG/TIFF/NRRD magic
@@ -114,9 +146,12 @@ def read_xray(path: str | os.PathLike, *, apply_voi: bool = True) -> XRayImage:
     Args:
         path: the image file.
         apply_voi: DICOM only; apply the VOI LUT or window centre/width when present.
+        voi_on_linear_data: DICOM only; False leaves the VOI out of an image whose
+            PixelIntensityRelationship is LIN (as the reconstruction does).
 
     Raises:
-        InputError: missing/unreadable file, unsupported format or photometric interpretation,
+        InputError: missing/unreadable/malformed file, a DICOM object that is not a projection
+            radiograph (e.g. CT, MR), unsupported format or photometric interpretation,
             multi-frame or 3D data, empty image, NaN/inf values, non-positive spacing.
     """
     p = Path(path)
@@ -127,8 +162,13 @@ def read_xray(path: str | os.PathLike, *, apply_voi: bool = True) -> XRayImage:
     if p.stat().st_size == 0:
         raise InputError(p, "file is empty")
     kind = _sniff(p)
+    from .limits import check_xray_header
+
+    check_xray_header(p, kind)  # too many pixels is refused from the header, before decoding
     if kind in ("dicom", "raw-dicom"):
-        return _read_dicom(p, apply_voi, preamble=kind == "dicom")
+        from .xray_dicom import read_dicom_xray
+
+        return read_dicom_xray(p, apply_voi, preamble=kind == "dicom", voi_on_linear_data=voi_on_linear_data)
     if kind == "tiff":
         return _read_tiff(p)
     if kind in ("png", "jpeg"):
@@ -158,104 +198,6 @@ def _sniff(p: Path) -> str:
     raise InputError(p, "is not a supported image (expected DICOM, PNG, TIFF, JPEG, NRRD, MHA or NIfTI)")
 
 
-def _read_dicom(p: Path, apply_voi: bool, preamble: bool) -> XRayImage:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    try:
-        ds = pydicom.dcmread(p, force=not preamble)
-    except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError) as exc:
-        raise InputError(p, f"is not a readable DICOM file ({type(exc).__name__})") from exc
-    if "PixelData" not in ds:
-        raise InputError(p, "DICOM file has no pixel data" if preamble else "is not a supported image or DICOM file")
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise InputError(
-            p, f"unsupported DICOM photometric interpretation {photometric or 'missing'!r} (need MONOCHROME1/2)"
-        )
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        raise InputError(p, f"DICOM has {ds.SamplesPerPixel} samples per pixel; a grayscale radiograph has 1")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise InputError(p, f"DICOM is multi-frame ({frames} frames); give a single radiograph")
-    if int(ds.get("Rows", 0) or 0) == 0 or int(ds.get("Columns", 0) or 0) == 0:
-        raise InputError(p, "image is empty (Rows or Columns is 0)")
-    try:
-        stored = ds.pixel_array
-    except Exception as exc:  # decoders raise many types
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise InputError(p, f"cannot decode DICOM pixel data (transfer syntax {syntax}): {exc}") from exc
-    if stored.ndim != 2:
-        raise InputError(p, f"DICOM pixel data has shape {stored.shape}; an X-ray must be one 2D frame")
-
-    values = apply_modality_lut(stored, ds).astype(np.float64)
-    lo, hi = _modality_range(ds)
-    voi = None
-    if apply_voi:
-        has_lut = bool(ds.get("VOILUTSequence"))
-        has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
-        if has_lut or has_window:
-            try:
-                values = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                raise InputError(p, f"invalid DICOM VOI LUT or window: {exc}") from exc
-            if has_lut:
-                voi = "lut"
-                lo, hi = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
-            else:
-                voi = "window"  # apply_windowing maps to the modality output range [lo, hi]
-    if photometric == "MONOCHROME1":
-        values = (lo + hi) - values  # low values are displayed white = dense
-
-    metadata: dict[str, Any] = {
-        "format": "dicom",
-        "modality": str(ds.get("Modality", "")),
-        "photometric_interpretation": photometric,
-        "view_position": str(ds.get("ViewPosition", "")),
-        "patient_orientation": [str(v) for v in (ds.get("PatientOrientation") or [])],
-        "voi_applied": voi,
-        "inverted": photometric == "MONOCHROME1",
-        "rescale": (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)),
-    }
-    spacing, source = _dicom_spacing(ds, p)
-    metadata["spacing_source"] = source
-    return XRayImage(values.astype(np.float32), spacing, str(p), metadata)
-
-
-def _modality_range(ds: Any) -> tuple[float, float]:
-    """Range of values after the modality LUT (the range pydicom's windowing maps onto)."""
-    if ds.get("ModalityLUTSequence"):
-        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
-    if int(ds.get("PixelRepresentation", 0)) == 0:
-        lo, hi = 0.0, float(2**bits - 1)
-    else:
-        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    if slope is not None and intercept is not None:
-        a, b = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
-        lo, hi = min(a, b), max(a, b)
-    return lo, hi
-
-
-def _dicom_spacing(ds: Any, p: Path) -> tuple[tuple[float, float] | None, str | None]:
-    """Detector-plane spacing (row, col) and which tag it came from."""
-    if ds.get("ImagerPixelSpacing") is not None:
-        return _check_spacing(ds.ImagerPixelSpacing, str(p), "ImagerPixelSpacing"), "ImagerPixelSpacing"
-    if ds.get("PixelSpacing") is not None:
-        spacing = _check_spacing(ds.PixelSpacing, str(p), "PixelSpacing")
-        factor = ds.get("EstimatedRadiographicMagnificationFactor")
-        if factor is not None:
-            factor = float(factor)
-            if not (math.isfinite(factor) and factor > 0):
-                raise InputError(p, f"EstimatedRadiographicMagnificationFactor must be positive, got {factor}")
-            # PixelSpacing is at the patient plane; the detector sees it magnified.
-            return (spacing[0] * factor, spacing[1] * factor), "PixelSpacing*EstimatedRadiographicMagnificationFactor"
-        return spacing, "PixelSpacing (assumed detector plane)"
-    return None, None
-
-
 def _read_tiff(p: Path) -> XRayImage:
     import tifffile
 
@@ -271,7 +213,8 @@ def _read_tiff(p: Path) -> XRayImage:
         raise InputError(p, f"TIFF has {n_pages} pages (multi-frame or 3D); give a single radiograph")
     if arr is None or arr.size == 0:
         raise InputError(p, "image is empty")
-    metadata: dict[str, Any] = {"format": "tiff", "dtype": str(arr.dtype), "spacing_source": None}
+    metadata: dict[str, Any] = {"format": "tiff", "dtype": str(arr.dtype), "spacing_source": None,
+                                "full_scale": _full_scale(arr)}
     if photometric == 3:  # PALETTE
         raise InputError(p, "palette-colour TIFF is not supported; save it as grayscale")
     if arr.ndim == 3 and arr.shape[-1] in (3, 4) and photometric == 2:
@@ -309,7 +252,8 @@ def _read_pillow(p: Path, kind: str) -> XRayImage:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(p, f"is not a readable {kind.upper()} image ({type(exc).__name__}: {exc})") from exc
-    metadata: dict[str, Any] = {"format": kind, "mode": mode, "spacing_source": None}
+    metadata: dict[str, Any] = {"format": kind, "mode": mode, "spacing_source": None,
+                                "full_scale": _full_scale(arr, mode)}
     if transposed:
         metadata["exif_orientation_applied"] = True
     if "dpi" in info:
@@ -329,6 +273,7 @@ def _read_pillow(p: Path, kind: str) -> XRayImage:
         except ValueError as exc:
             raise InputError(p, f"invalid {_PNG_SPACING_KEY} text chunk {text[_PNG_SPACING_KEY]!r}") from exc
         metadata["spacing_source"] = f"PNG text chunk {_PNG_SPACING_KEY}"
+        metadata["written_by_diffux2ct"] = True  # write_png16: a normalised line-integral image
     return XRayImage(arr, spacing, str(p), metadata)
 
 
@@ -338,8 +283,9 @@ def _read_sitk(p: Path) -> XRayImage:
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as exc:
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "unknown error")
-        raise InputError(p, f"cannot be read as an image ({first[:200]})") from exc
+        from .ct import _itk_message  # a plain description, not ITK's .cxx source location
+
+        raise InputError(p, f"cannot be read as an image ({_itk_message(exc)[:200]})") from exc
     size, dim = image.GetSize(), image.GetDimension()
     if dim == 3:
         if size[2] != 1:
@@ -357,6 +303,7 @@ def _read_sitk(p: Path) -> XRayImage:
         "pixel_type": image.GetPixelIDTypeAsString(),
         "direction": tuple(float(d) for d in image.GetDirection()),
         "spacing_source": "image spacing",
+        "full_scale": _full_scale(np.asarray(arr, dtype=np.float64)),
     }
     if image.GetNumberOfComponentsPerPixel() > 1:
         if arr.shape[-1] not in (3, 4):
@@ -379,6 +326,10 @@ class XRayNormalization:
     torch ``(..., rows, cols)`` tensors (percentiles per image over the last two dims, via sort;
     differentiable almost everywhere). A constant image raises :class:`InputError` for numpy;
     the torch path does not synchronise with the device and maps a constant image to ``-1``.
+
+    The numpy path takes an optional validity mask (True = use the pixel): the percentiles are
+    then taken over the valid pixels only (burned-in labels and collimation borders are left
+    out), and every pixel, valid or not, is mapped with them.
     """
 
     low_percentile: float = 0.5
@@ -395,19 +346,37 @@ class XRayNormalization:
 
     def __call__(self, image: Any, path: str | os.PathLike | None = None) -> Any:
         if isinstance(image, XRayImage):
-            return self.normalize_numpy(image.pixels, image.path)
+            return self.normalize_numpy(image.pixels, image.path, mask=image.valid_mask)
         if type(image).__module__.startswith("torch"):
             return self.normalize_torch(image)
         return self.normalize_numpy(image, path)
 
-    def normalize_numpy(self, image: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
-        """Normalise a ``(..., rows, cols)`` array per image; returns float32 in ``[-1, 1]``."""
+    def normalize_numpy(self, image: np.ndarray, path: str | os.PathLike | None = None,
+                        mask: np.ndarray | None = None) -> np.ndarray:
+        """Normalise a ``(..., rows, cols)`` array per image; returns float32 in ``[-1, 1]``.
+
+        ``mask`` (bool, broadcastable to the image; True = valid) restricts the statistics.
+        """
         x = np.asarray(image, dtype=np.float64)
         if x.ndim < 2 or x.shape[-1] == 0 or x.shape[-2] == 0:
             raise InputError(path, f"normalisation needs a non-empty (..., rows, cols) image, got shape {x.shape}")
         if not np.isfinite(x).all():
             raise InputError(path, "image contains NaN or infinite values")
-        q = np.percentile(x, [self.low_percentile, self.high_percentile], axis=(-2, -1), keepdims=True)
+        if mask is None:
+            q = np.percentile(x, [self.low_percentile, self.high_percentile], axis=(-2, -1), keepdims=True)
+        else:
+            try:
+                valid = np.broadcast_to(np.asarray(mask, dtype=bool), x.shape)
+            except ValueError as exc:
+                raise InputError(path, f"validity mask of shape {np.shape(mask)} does not fit the image {x.shape}") from exc
+            flat_x, flat_v = x.reshape(-1, *x.shape[-2:]), valid.reshape(-1, *x.shape[-2:])
+            q = np.empty((2, flat_x.shape[0]), dtype=np.float64)
+            for i, (xi, vi) in enumerate(zip(flat_x, flat_v)):
+                if vi.sum() < max(2, 0.01 * vi.size):
+                    raise InputError(path, f"only {int(vi.sum())} of {vi.size} pixels are valid (the rest are "
+                                           "labels or collimation); cannot normalise")
+                q[:, i] = np.percentile(xi[vi], [self.low_percentile, self.high_percentile])
+            q = q.reshape(2, *x.shape[:-2], 1, 1)
         lo, hi = q[0], q[1]
         if not np.all(hi > lo):
             raise InputError(path, "image is constant (or nearly so) and cannot be normalised")
@@ -474,6 +443,8 @@ class DetectorImage:
         source_spacing_mm: the input's detector-plane spacing used (assumed, square, when unknown).
         mm_scale_known: False when the input had no spacing and was scaled to fill the detector.
         view: the view name it was fitted for.
+        valid_mask: the input's validity mask resampled the same way (a detector pixel is valid
+            when at least half of its footprint was; padding is valid), or ``None``.
     """
 
     pixels: np.ndarray
@@ -481,6 +452,7 @@ class DetectorImage:
     source_spacing_mm: tuple[float, float]
     mm_scale_known: bool
     view: str
+    valid_mask: np.ndarray | None = None
 
 
 def fit_xray_to_detector(xray: XRayImage, geometry: "BiplanarGeometry", view: str = "ap") -> DetectorImage:
@@ -521,7 +493,14 @@ def fit_xray_to_detector(xray: XRayImage, geometry: "BiplanarGeometry", view: st
     out = ndimage.map_coordinates(image, [rr, cc], order=1, mode="nearest")
     inside = ((r >= -0.5) & (r <= rows - 0.5))[:, None] & ((c >= -0.5) & (c <= cols - 0.5))[None, :]
     out[~inside] = float(xray.pixels.min())
-    return DetectorImage(out.astype(np.float32), tuple(pitch), tuple(src), known, view)
+    valid = None
+    if xray.valid_mask is not None:
+        weight = xray.valid_mask.astype(np.float64)
+        if max(sigma) > 0:
+            weight = ndimage.gaussian_filter(weight, sigma=sigma, mode="nearest")
+        valid = ndimage.map_coordinates(weight, [rr, cc], order=1, mode="nearest") >= 0.5
+        valid[~inside] = True
+    return DetectorImage(out.astype(np.float32), tuple(pitch), tuple(src), known, view, valid)
 
 
 def fit_to_detector(xray: XRayImage, geometry: "BiplanarGeometry", view: str = "ap") -> np.ndarray:

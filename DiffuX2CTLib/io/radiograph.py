@@ -1,0 +1,157 @@
+"""From a radiograph file to the network's input for one view: the whole reading chain.
+
+1. :func:`~DiffuX2CTLib.io.xray.read_xray` (DICOM checks and tags, PNG/TIFF/JPEG/NRRD);
+2. :func:`~DiffuX2CTLib.io.xray_encoding.estimate_line_integral` (LIN/LOG/DISP, -ln, gamma);
+3. :func:`~DiffuX2CTLib.io.xray_overlays.mask_overlays` (burned-in labels, collimation; films only);
+4. :func:`~DiffuX2CTLib.io.xray_geometry.orient_to_view` (PatientOrientation, ViewPosition);
+5. :func:`~DiffuX2CTLib.io.xray_geometry.film_scale` (pixel size at the isocentre);
+6. :func:`~DiffuX2CTLib.io.xray.fit_xray_to_detector` onto the model's detector grid;
+7. :class:`~DiffuX2CTLib.io.xray.XRayNormalization` over the valid pixels.
+
+Every assumption is returned as a warning string, prefixed with the view and the file name.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+
+from ..errors import InputError
+from .xray import XRayImage, XRayNormalization, fit_xray_to_detector, read_xray
+from .xray_encoding import DEFAULT_DISPLAY_GAMMA, ENCODINGS, estimate_line_integral
+from .xray_geometry import film_scale, orient_to_view
+from .xray_overlays import mask_overlays
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..geometry.biplanar import BiplanarGeometry
+
+RadiographInput = Union[str, os.PathLike, XRayImage]
+#: Formats in which burned-in labels and collimation are looked for (films, not computed DRRs).
+FILM_FORMATS = ("dicom", "png", "tiff", "jpeg")
+
+
+@dataclass(frozen=True)
+class RadiographOptions:
+    """How real radiographs are read (the worker's and ``diffux2ct reconstruct``'s options).
+
+    Attributes:
+        xray_encoding: ``None``/``"auto"`` (DICOM tags; NRRD, PNG, TIFF, JPEG: line integrals),
+            ``"line-integral"``, ``"intensity"`` or ``"display"``; see ``xray_encoding.py``.
+        apply_voi: apply a DICOM VOI LUT/window before reading (default False: a VOI is a
+            display choice and a narrow window clips anatomy; never applied to LIN data).
+        display_gamma: the gamma inverted by the ``display`` encoding (default 2.2, sRGB-like).
+        pixel_spacing_mm: ``(row, col)`` detector pixel pitch, mm, for films without spacing.
+        field_of_view_mm: ``(width,)`` or ``(width, height)`` of the whole image at the detector,
+            mm, for films without spacing (square pixels when the height is left out).
+        detect_overlays: look for burned-in labels and collimation in films (default True).
+    """
+
+    xray_encoding: str | None = None
+    apply_voi: bool = False
+    display_gamma: float = DEFAULT_DISPLAY_GAMMA
+    pixel_spacing_mm: tuple[float, float] | None = None
+    field_of_view_mm: tuple[float, ...] | None = None
+    detect_overlays: bool = True
+
+    def __post_init__(self) -> None:
+        if self.xray_encoding not in (None, "auto", *ENCODINGS):
+            raise InputError(None, f"unknown X-ray encoding {self.xray_encoding!r}; choose auto, "
+                                   f"{', '.join(ENCODINGS)}")
+        if not (math.isfinite(self.display_gamma) and self.display_gamma > 0):
+            raise InputError(None, f"display gamma must be a positive number, got {self.display_gamma}")
+        for name, value, sizes in (("pixel spacing", self.pixel_spacing_mm, (2,)),
+                                   ("field of view", self.field_of_view_mm, (1, 2))):
+            if value is None:
+                continue
+            numbers = tuple(float(v) for v in value)
+            if len(numbers) not in sizes or not all(math.isfinite(v) and v > 0 for v in numbers):
+                raise InputError(None, f"{name} must be {' or '.join(map(str, sizes))} positive numbers (mm), "
+                                       f"got {value!r}")
+            object.__setattr__(self, "pixel_spacing_mm" if name == "pixel spacing" else "field_of_view_mm", numbers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"xray_encoding": self.xray_encoding or "auto", "apply_voi": self.apply_voi,
+                "display_gamma": self.display_gamma,
+                "pixel_spacing_mm": list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
+                "field_of_view_mm": list(self.field_of_view_mm) if self.field_of_view_mm else None,
+                "detect_overlays": self.detect_overlays}
+
+
+@dataclass
+class PreparedRadiograph:
+    """One view ready for the network.
+
+    Attributes:
+        pixels: float32 ``geometry.detector_shape`` in ``[-1, 1]``.
+        warnings: assumptions made, ``"VIEW (FILE): ..."`` strings.
+        summary: JSON-safe facts (file, format, encoding path, orientation, scale, masked pixels).
+        image: the line-integral estimate before resampling (film pixels, model orientation).
+    """
+
+    pixels: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    image: XRayImage | None = None
+
+
+def load_line_integral(item: RadiographInput, view: str, options: RadiographOptions | None = None
+                       ) -> tuple[XRayImage, list[str]]:
+    """Steps 1-4: the film as a line-integral estimate in the model's ``view`` orientation."""
+    options = options or RadiographOptions()
+    if isinstance(item, XRayImage):
+        xray = item
+    else:
+        xray = read_xray(item, apply_voi=options.apply_voi, voi_on_linear_data=False)
+    warnings = [str(w) for w in xray.metadata.get("warnings", [])]
+    if xray.metadata.get("warnings"):
+        xray = replace(xray, metadata={**xray.metadata, "warnings": []})  # reported once, here
+    xray, more = estimate_line_integral(xray, options.xray_encoding, options.display_gamma)
+    warnings += more
+    if options.detect_overlays and xray.metadata.get("format") in FILM_FORMATS:
+        xray, more = mask_overlays(xray)
+        warnings += more
+    xray, more = orient_to_view(xray, view)
+    return xray, warnings + more
+
+
+def prepare_radiograph(item: RadiographInput, view: str, geometry: "BiplanarGeometry",
+                       normalization: XRayNormalization | None = None,
+                       options: RadiographOptions | None = None) -> PreparedRadiograph:
+    """The network input for ``view`` from a file or :class:`XRayImage` (module docstring).
+
+    Raises :class:`InputError` (one line naming the file) for anything that cannot be used:
+    not a radiograph, the wrong view, no pixel spacing, a constant image, ...
+    """
+    options = options or RadiographOptions()
+    normalization = normalization or XRayNormalization()
+    if view not in geometry.views:
+        raise InputError(getattr(item, "path", item), f"view {view!r} is not part of geometry {geometry.name!r}")
+    xray, warnings = load_line_integral(item, view, options)
+    scale, more = film_scale(xray, geometry, options.pixel_spacing_mm, options.field_of_view_mm)
+    warnings += more
+    fitted = fit_xray_to_detector(replace(xray, spacing_mm=scale.model_detector_spacing_mm), geometry, view)
+    pixels = normalization.normalize_numpy(fitted.pixels, path=xray.path, mask=fitted.valid_mask)
+    md = xray.metadata
+    name = Path(xray.path).name if xray.path else "image"
+    summary = {
+        "file": xray.path,
+        "format": md.get("format"),
+        "encoding_path": md.get("encoding_path"),
+        "orientation_applied": list(md.get("orientation_applied", [])),
+        "magnification": scale.magnification,
+        "spacing_source": scale.source,
+        "isocenter_spacing_mm": list(scale.isocenter_spacing_mm),
+        "model_detector_spacing_mm": list(scale.model_detector_spacing_mm),
+        "masked_fraction": 0.0 if fitted.valid_mask is None else float(1.0 - fitted.valid_mask.mean()),
+    }
+    md["magnification"] = scale.magnification
+    md["isocenter_spacing_mm"] = list(scale.isocenter_spacing_mm)
+    return PreparedRadiograph(pixels.astype(np.float32), [f"{view} ({name}): {w}" for w in warnings], summary, xray)
+
+
+__all__ = ["FILM_FORMATS", "PreparedRadiograph", "RadiographOptions", "load_line_integral", "prepare_radiograph"]
