@@ -1,18 +1,20 @@
 """The model registry: which trained models exist, what they are for, and where their weights are.
 
 ``Resources/Models.json`` lists the models the Slicer module offers; ``make demo`` uses its
-default entry. Format (version 1)::
+default entry. Format (version 2; version 1 is still read)::
 
-    {"format": "diffux2ct-model-registry", "format_version": 1, "default": "<id>" | null,
+    {"format": "diffux2ct-model-registry", "format_version": 2, "default": "<id>" | null,
      "models": [{"id", "name", "version", "description", "license", "intended_use",
                  "geometry": {"preset", "hash"},
                  "resolution": {"volume_size", "xray_size", "voxel_mm"},
                  "training_data": {"description", "datasets": [...]},
                  "metrics": {"values": {name: number}, "split", "num_cases", "cases": [...],
                              "sampler", "steps"} | null,
-                 "sha256", "json_sha256", "file" | "url", "size_bytes", "created"}]}
+                 "sha256", "json_sha256", "digest"?, "file" | "url", "size_bytes", "created"}]}
 
-``file`` is relative to the registry's folder (``Models/NAME.safetensors`` for
+Version 2 adds the optional ``digest``: the checkpoint description's digest (format version 2 of
+:mod:`DiffuX2CTLib.checkpoint`, over the weights' SHA-256 and the fields that change how they are
+used); :func:`verify` checks that the JSON records the same one. ``file`` is relative to the registry's folder (``Models/NAME.safetensors`` for
 ``Resources/Models.json``), with ``NAME.json`` beside it; exactly one of ``file`` and ``url`` is
 given. Reading is strict: unknown keys, missing keys and wrong types are an
 :class:`~DiffuX2CTLib.errors.InputError` naming the file and the key. No torch import here.
@@ -35,7 +37,9 @@ from .io.atomic import atomic_file
 from .io.files import default_cache_dir, sha256_file
 
 FORMAT_NAME = "diffux2ct-model-registry"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions read: 1 has no ``digest`` key in its entries (it is accepted there too).
+READ_VERSIONS = (1, 2)
 
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -205,7 +209,7 @@ _ENTRY_KEYS = {
     "geometry": "object", "resolution": "object", "training_data": "object", "sha256": "str",
     "json_sha256": "str", "size_bytes": "int", "created": "str",
 }
-_ENTRY_OPTIONAL = {"metrics": "object", "file": "str", "url": "str"}
+_ENTRY_OPTIONAL = {"metrics": "object", "file": "str", "url": "str", "digest": "str"}
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,7 @@ class ModelEntry:
         metrics: held-out evaluation, or ``None`` when not evaluated.
         sha256: SHA-256 of the ``.safetensors`` weights.
         json_sha256: SHA-256 of the checkpoint's ``.json`` description.
+        digest: the checkpoint's description digest (format 2), or ``None`` for older entries.
         size_bytes: size of the ``.safetensors`` file.
         created: ISO-8601 time the entry was made.
         file: weights path relative to the registry's folder (exclusive with ``url``).
@@ -247,6 +252,7 @@ class ModelEntry:
     metrics: Metrics | None = None
     file: str | None = None
     url: str | None = None
+    digest: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -265,6 +271,8 @@ class ModelEntry:
             self.metrics.validate(f"{where}.metrics")
         for key in ("sha256", "json_sha256"):
             _need(bool(_SHA256_RE.match(getattr(self, key))), f"{where}.{key}", "must be 64 lower-case hex digits")
+        if self.digest is not None:
+            _need(bool(_SHA256_RE.match(self.digest)), f"{where}.digest", "must be 64 lower-case hex digits")
         _need(self.size_bytes > 0, f"{where}.size_bytes", "must be positive")
         try:
             _dt.datetime.fromisoformat(self.created.replace("Z", "+00:00"))
@@ -310,7 +318,7 @@ class ModelEntry:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("file", "url") and value is None:
+            if f.name in ("file", "url", "digest") and value is None:
                 continue
             if isinstance(value, (TrainingData, Metrics)):
                 value = value.to_dict()
@@ -377,8 +385,8 @@ class ModelRegistry:
             raise _fail("format", f"{data.get('format')!r} is not {FORMAT_NAME!r} (not a model registry)")
         d = _read_top(data)
         version = d["format_version"]
-        _need(version == FORMAT_VERSION, "format_version",
-              f"{version} is not supported (this DiffuX2CTLib reads version {FORMAT_VERSION})")
+        _need(version in READ_VERSIONS, "format_version",
+              f"{version} is not supported (this DiffuX2CTLib reads versions {', '.join(map(str, READ_VERSIONS))})")
         models = [ModelEntry.from_dict(m, f"models[{i}]") for i, m in enumerate(d["models"])]
         return cls(models=models, default=d["default"])
 
@@ -458,6 +466,14 @@ def verify(entry: ModelEntry, registry_path: str | os.PathLike) -> Path:
         if actual != expected:
             raise CheckpointError(p, f"SHA-256 {actual[:12]}... does not match {expected[:12]}... recorded for "
                                      f"model {entry.id!r} in the registry (corrupted or replaced)")
+    if entry.digest is not None:
+        try:
+            recorded = json.loads(json_path.read_text(encoding="utf-8")).get("digest")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if recorded != entry.digest:
+            raise CheckpointError(json_path, f"its digest {str(recorded)[:12]}... is not the {entry.digest[:12]}... "
+                                             f"recorded for model {entry.id!r} in the registry")
     return weights
 
 
@@ -467,6 +483,6 @@ def default_registry_path() -> Path:
 
 
 __all__ = [
-    "FORMAT_NAME", "FORMAT_VERSION", "GeometryRef", "Metrics", "ModelEntry", "ModelRegistry", "Resolution",
+    "FORMAT_NAME", "FORMAT_VERSION", "READ_VERSIONS", "GeometryRef", "Metrics", "ModelEntry", "ModelRegistry", "Resolution",
     "TrainingData", "default_registry_path", "load_registry", "resolve_file", "verify",
 ]

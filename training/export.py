@@ -9,8 +9,8 @@ Steps: the EMA weights and description come from :func:`training.state.inference
 are written as ``NAME.safetensors`` + ``NAME.json`` with
 :func:`DiffuX2CTLib.checkpoint.save_checkpoint` (the description's ``training`` summary gains an
 ``export`` record); the pair is loaded back with ``load_checkpoint``; then the registry entry
-(SHA-256 of both files, size, path relative to the registry's folder, or ``--url``) is upserted
-and the registry rewritten atomically. ``--metrics`` copies the means of a
+(SHA-256 of both files, the description's digest, size, path relative to the registry's folder,
+or ``--url``) is upserted and the registry rewritten atomically. ``--metrics`` copies the means of a
 ``training/evaluate.py`` ``summary.json`` (with its split, cases, sampler and steps) into the
 entry. Any error: one line on stderr, exit status 2.
 """
@@ -94,7 +94,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     spacing = info.geometry.volume_spacing_mm
 
-    def entry(sha: str, json_sha: str, size: int) -> ModelEntry:
+    def entry(sha: str, json_sha: str, size: int, digest: str | None = None) -> ModelEntry:
         return ModelEntry(
             id=args.id, name=args.name, version=args.model_version, description=args.description,
             license=args.license, intended_use=args.intended_use,
@@ -103,7 +103,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
                                   voxel_mm=float(max(spacing))),
             training_data=TrainingData(description=args.training_data, datasets=tuple(args.dataset)),
             metrics=metrics, sha256=sha, json_sha256=json_sha, size_bytes=size, created=now,
-            file=file_rel, url=args.url,
+            file=file_rel, url=args.url, digest=digest,
         )
 
     entry("0" * 64, "0" * 64, 1)  # validate the metadata before writing anything
@@ -114,9 +114,9 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
                                 "model_version": args.model_version, "exported": now,
                                 "metrics": None if metrics is None else metrics.to_dict()}}
     save_checkpoint(weights_path, tensors, info)
-    load_checkpoint(weights_path)  # the written pair loads (hash, names and shapes)
+    loaded = load_checkpoint(weights_path)  # the written pair loads (digest, hash, names, shapes, dtypes)
 
-    final = entry(sha256_file(weights_path), sha256_file(json_path), weights_path.stat().st_size)
+    final = entry(sha256_file(weights_path), sha256_file(json_path), weights_path.stat().st_size, loaded.info.digest)
     registry.upsert(final, make_default=args.default)
     registry.save(registry_path)
     if final.file is not None:

@@ -234,6 +234,23 @@ class BiplanarGeometry:
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
+    def same_setup(self, other: "BiplanarGeometry", rtol: float = 1e-6) -> bool:
+        """Whether ``other`` is the same physical set-up, possibly sampled on other grids.
+
+        True for an equal :attr:`hash`, or for equal views, source distances, volume extent and
+        detector area (relative tolerance ``rtol``): e.g. :meth:`with_sizes` of this geometry.
+        """
+        if self.hash == other.hash:
+            return True
+        if self.views != other.views:
+            return False
+
+        def physical(g: "BiplanarGeometry") -> list[float]:
+            area = [n * p for n, p in zip(g.detector_shape, g.detector_spacing_mm)]
+            return [g.source_to_isocenter_mm, g.source_to_detector_mm, *g.volume_extent_mm, *area]
+
+        return bool(np.allclose(physical(self), physical(other), rtol=rtol, atol=0.0))
+
     def with_sizes(self, volume_size: int | None = None, xray_size: int | None = None) -> "BiplanarGeometry":
         """Same physical set-up sampled on an ``N^3`` volume and/or ``M x M`` detector.
 

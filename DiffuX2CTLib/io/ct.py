@@ -44,10 +44,45 @@ def _itk_warnings_off() -> Iterator[None]:
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
 
 
+#: (substring of an ITK exception, lower case) -> what it means for the user's file.
+_ITK_MEANINGS = (
+    ("unable to determine imageio reader", "not in an image format SimpleITK can read (use NIfTI, NRRD, "
+                                           "MetaImage or a folder holding a DICOM series)"),
+    ("could not create io object", "not in an image format SimpleITK can read (use NIfTI, NRRD, MetaImage or a "
+                                   "folder holding a DICOM series)"),
+    ("fread got only", "the voxel data is truncated (the file ends early)"),
+    ("but received", "the compressed voxel data is truncated or corrupt"),
+    ("_nrrdencodinggzip_read", "the compressed voxel data is truncated or corrupt"),
+    ("data not read completely", "the voxel data is truncated (the file ends early)"),
+    ("file cannot be read", "the voxel data cannot be read (truncated or corrupt file)"),
+    ("permission denied", "permission denied"),
+    ("no space left", "no space left on the device"),
+    ("read-only file system", "the file system is read-only"),
+    ("does not exist", "does not exist"),
+    ("doesn't exist", "does not exist"),
+)
+
+
 def _itk_message(exc: BaseException) -> str:
-    """Last meaningful line of an ITK exception, for a one-line error."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    """What an ITK exception says about the user's file, in plain words (never a ``.cxx`` source path).
+
+    Known failures are mapped to a description (:data:`_ITK_MEANINGS`); otherwise the last meaningful
+    line is kept without ITK's source location, class name and object address.
+    """
+    import re
+
+    text = str(exc)
+    low = text.lower()
+    for needle, meaning in _ITK_MEANINGS:
+        if needle in low:
+            return meaning
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[-1] if lines else type(exc).__name__
+    line = re.sub(r"\S*\.(?:cxx|cpp|hxx|txx|h):\d+:?\s*", "", line)
+    line = re.sub(r"(?:ITK|itk|sitk)(?:::)?\s*ERROR:\s*", "", line)
+    line = re.sub(r"\w+\(0x[0-9a-fA-F]+\):\s*", "", line)
+    line = line.replace("Exception thrown in SimpleITK", "").strip(" :")
+    return line or "unknown SimpleITK error"
 
 
 def _check_header(path: Path, dimension: int, components: int, size: Sequence[int],
@@ -86,6 +121,153 @@ def _check_image(image: sitk.Image, path: str | os.PathLike | None) -> None:
             raise InputError(path, f"has {bad} NaN or infinite voxel values")
 
 
+def _nifti_data_end(header: bytes) -> int | None:
+    """Byte offset where a NIfTI-1 or NIfTI-2 file's voxel data ends (from its header), or None."""
+    for order in "<>":
+        if len(header) < 4:
+            return None
+        sizeof_hdr = int(np.frombuffer(header[:4], f"{order}i4")[0])
+        if sizeof_hdr == 348 and len(header) >= 348:  # NIfTI-1
+            dims = [int(d) for d in np.frombuffer(header[40:56], f"{order}i2")]
+            bitpix = int(np.frombuffer(header[72:74], f"{order}i2")[0])
+            offset = int(float(np.frombuffer(header[108:112], f"{order}f4")[0]))
+        elif sizeof_hdr == 540 and len(header) >= 540:  # NIfTI-2
+            dims = [int(d) for d in np.frombuffer(header[16:80], f"{order}i8")]
+            bitpix = int(np.frombuffer(header[14:16], f"{order}i2")[0])
+            offset = int(np.frombuffer(header[168:176], f"{order}i8")[0])
+        else:
+            continue
+        count = 1
+        for d in dims[1:1 + max(0, min(dims[0], 7))]:
+            count *= max(1, d)
+        return max(offset, sizeof_hdr) + count * max(bitpix, 8) // 8
+    return None
+
+
+def _nrrd_gzip_data_offset(path: Path) -> int | None:
+    """Where the gzip-encoded voxel data of an attached-data NRRD starts, or None for other NRRDs."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if not head.startswith(b"NRRD"):
+        return None
+    end = head.find(b"\n\n")
+    if end < 0:
+        return None
+    fields = {}
+    for line in head[:end].decode("latin-1").splitlines()[1:]:
+        if ":" in line and not line.startswith("#"):
+            key, _, value = line.partition(":")
+            fields[key.strip().lower()] = value.strip("=").strip().lower()
+    detached = any(k in fields for k in ("data file", "datafile", "line skip", "lineskip", "byte skip", "byteskip"))
+    if detached or fields.get("encoding") not in ("gzip", "gz"):
+        return None
+    return end + 2
+
+
+_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+
+
+def _metaimage_missing_bytes(path: Path) -> tuple[int, int] | None:
+    """``(expected, present)`` voxel-data bytes of a ``.mha`` with LOCAL data, or None when unknown."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    fields, offset = {}, None
+    position = 0
+    for raw_line in head.split(b"\n"):
+        position += len(raw_line) + 1
+        key, _, value = raw_line.decode("latin-1").partition("=")
+        fields[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            offset = position if value.strip() == "LOCAL" else None
+            break
+    if offset is None:
+        return None
+    present = path.stat().st_size - offset
+    try:
+        if fields.get("CompressedData", "False").lower() == "true":
+            expected = int(fields["CompressedDataSize"])
+        else:
+            count = int(np.prod([int(v) for v in fields["DimSize"].split()], dtype=np.float64))
+            expected = count * int(fields.get("ElementNumberOfChannels", "1")) * _MET_BYTES[fields["ElementType"]]
+    except (KeyError, ValueError):
+        return None
+    return expected, present
+
+
+def _read_gzip_stream(path: Path, offset: int = 0, keep: int = 0) -> tuple[int, bytes]:
+    """Decompress a gzip stream completely (CRC and length checked); returns (bytes, first ``keep`` bytes)."""
+    import gzip
+    import zlib
+
+    total, head = 0, b""
+    try:
+        with open(path, "rb") as raw:
+            raw.seek(offset)
+            with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+                while block := stream.read(1 << 22):
+                    if len(head) < keep:
+                        head += block[: keep - len(head)]
+                    total += len(block)
+    except EOFError as exc:
+        raise InputError(path, "is truncated: its compressed data ends before the end of the gzip stream") from exc
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        text = " ".join(str(exc).split())
+        detail = "CRC check failed" if "crc" in text.lower() else (text or type(exc).__name__)
+        raise InputError(path, f"has corrupt compressed data ({detail})") from exc
+    return total, head
+
+
+def _is_gzip(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"\x1f\x8b"
+    except OSError:
+        return False
+
+
+def verify_voxel_data(path: str | os.PathLike) -> None:
+    """Raise :class:`InputError` if a CT file's voxel data is truncated or its compression is corrupt.
+
+    SimpleITK reads a NIfTI file (``.nii`` or ``.nii.gz``) that ends early without an error and
+    fills the missing voxels with 0 HU. This check decompresses gzip streams completely (so a
+    truncated stream or a CRC mismatch is found), compares the NIfTI byte count with the header's
+    ``vox_offset + dims x bitpix / 8``, does the same gzip check on gzip-encoded NRRD data, and
+    compares a ``.mha`` file's voxel bytes with its header (ITK's own errors for those are vague).
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        if not _is_gzip(path):
+            return  # not compressed at all: the image reader says what it is
+        total, header = _read_gzip_stream(path, keep=540)
+    elif name.endswith(".nii"):
+        with open(path, "rb") as f:
+            header = f.read(540)
+        total = path.stat().st_size
+    else:
+        offset = _nrrd_gzip_data_offset(path) if name.endswith(".nrrd") else None
+        if offset is not None:
+            _read_gzip_stream(path, offset)
+        sizes = _metaimage_missing_bytes(path) if name.endswith(".mha") else None
+        if sizes is not None and sizes[1] < sizes[0]:
+            raise InputError(path, f"is truncated: {sizes[1]} bytes of MetaImage voxel data where its header "
+                                   f"needs {sizes[0]}")
+        return
+    if ".nii" in name:
+        end = _nifti_data_end(header)
+        if end is not None and total < end:
+            raise InputError(path, f"is truncated: {total} bytes of NIfTI data where its header needs {end} "
+                                   "(the missing voxels would read as 0 HU)")
+
+
+#: The largest CT :func:`read_ct` accepts, decided from the header before any voxel is read
+#: (2**31 voxels are 8 GiB as float32).
+MAX_CT_VOXELS = 2**31
+#: A CT whose every voxel is at or below this value (HU) holds only air: nothing to project.
+AIR_ONLY_MAX_HU = -900.0
+
+
 def _read_file(path: Path) -> sitk.Image:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -93,13 +275,27 @@ def _read_file(path: Path) -> sitk.Image:
         with _itk_warnings_off():
             reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise InputError(path, f"is not a readable image file ({_itk_message(exc)})") from exc
+        if _is_gzip(path):  # e.g. a truncated stream or a CRC error: say so rather than "not an image"
+            try:
+                verify_voxel_data(path)
+            except OSError:
+                pass
+        raise InputError(path, f"is not a readable image file: {_itk_message(exc)}") from exc
     _check_header(path, reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize(),
                   reader.GetSpacing(), reader.GetDirection())
+    voxels = int(np.prod([int(n) for n in reader.GetSize()], dtype=np.float64))
+    if voxels > MAX_CT_VOXELS:
+        raise InputError(path, f"header declares {tuple(reader.GetSize())} = {voxels} voxels, more than the "
+                               f"{MAX_CT_VOXELS} a CT may have here (corrupt header or not a CT)")
     try:
-        return reader.Execute()
+        verify_voxel_data(path)
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from exc
+    try:
+        with _itk_warnings_off():
+            return reader.Execute()
     except RuntimeError as exc:
-        raise InputError(path, f"cannot be read ({_itk_message(exc)})") from exc
+        raise InputError(path, f"cannot be read: {_itk_message(exc)}") from exc
 
 
 def _check_slice_positions(path: Path, reader: sitk.ImageSeriesReader, image: sitk.Image) -> None:
@@ -123,6 +319,17 @@ def _check_slice_positions(path: Path, reader: sitk.ImageSeriesReader, image: si
                                f"{gaps.max():.4g} mm): missing or duplicate slices")
 
 
+def _describe_series(folder: Path, series: Sequence[str]) -> str:
+    """``UID (N files), ...``; GDCM lists files without a SeriesInstanceUID under the empty UID ''."""
+    parts = []
+    for uid in series:
+        with _itk_warnings_off():
+            count = len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+        files = f"{count} file{'s' if count != 1 else ''}"
+        parts.append(f"{uid} ({files})" if uid else f"'' ({files} without a SeriesInstanceUID: --series-uid '')")
+    return ", ".join(parts)
+
+
 def _read_dicom_folder(folder: Path, series_uid: str | None) -> sitk.Image:
     if not any(folder.iterdir()):
         raise InputError(folder, "is an empty folder")
@@ -132,11 +339,11 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> sitk.Image:
         raise InputError(folder, "is a folder without any DICOM series")
     if series_uid is None:
         if len(series) > 1:
-            raise InputError(folder, f"holds {len(series)} DICOM series; pass series_uid to choose one of "
-                                     f"{', '.join(repr(s) for s in series)}")
+            raise InputError(folder, f"holds {len(series)} DICOM series; choose one with --series-uid UID "
+                                     f"(series_uid= in Python): {_describe_series(folder, series)}")
         series_uid = series[0]
     elif series_uid not in series:
-        raise InputError(folder, f"has no DICOM series {series_uid!r} (found {', '.join(repr(s) for s in series)})")
+        raise InputError(folder, f"has no DICOM series {series_uid!r} (found: {_describe_series(folder, series)})")
     with _itk_warnings_off():
         files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid)
     reader = sitk.ImageSeriesReader()
@@ -152,13 +359,16 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> sitk.Image:
     return image
 
 
-def read_ct(path: str | os.PathLike, series_uid: str | None = None) -> sitk.Image:
+def read_ct(path: str | os.PathLike, series_uid: str | None = None, *, allow_air_only: bool = False) -> sitk.Image:
     """Read a CT volume and return it as a float32 image in HU.
 
     Args:
         path: a NIfTI (``.nii``/``.nii.gz``), NRRD, MetaImage (``.mha``/``.mhd``) file, or a folder
             holding a DICOM series (rescale slope/intercept applied, so values are HU).
-        series_uid: SeriesInstanceUID to read when the folder holds several series.
+        series_uid: SeriesInstanceUID to read when the folder holds several series (``''`` selects
+            the files without one); the CLIs' ``--series-uid``.
+        allow_air_only: accept a volume whose every voxel is at or below :data:`AIR_ONLY_MAX_HU`
+            (refused by default: such a "CT" holds no patient, e.g. a wrong series or a blank).
 
     Returns:
         The image cast to float32; spacing (mm), origin (LPS mm) and direction exactly as read
@@ -166,7 +376,8 @@ def read_ct(path: str | os.PathLike, series_uid: str | None = None) -> sitk.Imag
 
     Raises:
         InputError: naming ``path`` when it is missing, not an image, not a scalar 3D volume,
-            holds NaN/inf values, or has non-positive spacing or a singular direction.
+            truncated or corrupt (:func:`verify_voxel_data`), larger than :data:`MAX_CT_VOXELS`,
+            holds NaN/inf values, holds only air, or has non-positive spacing or a singular direction.
     """
     path = Path(path)
     if not path.exists():
@@ -174,10 +385,15 @@ def read_ct(path: str | os.PathLike, series_uid: str | None = None) -> sitk.Imag
     if path.is_dir():
         image = _read_dicom_folder(path, series_uid)
     elif series_uid is not None:
-        raise InputError(path, "series_uid applies only to a folder holding DICOM series")
+        raise InputError(path, "--series-uid (series_uid) applies only to a folder holding DICOM series")
     else:
         image = _read_file(path)
     _check_image(image, path)
+    if not allow_air_only:
+        peak = float(np.max(sitk.GetArrayViewFromImage(image)))
+        if peak <= AIR_ONLY_MAX_HU:
+            raise InputError(path, f"holds only air (every voxel <= {AIR_ONLY_MAX_HU:g} HU, maximum {peak:g}): "
+                                   "no patient to project or compare; wrong series or not in HU?")
     if image.GetPixelID() != sitk.sitkFloat32:
         image = sitk.Cast(image, sitk.sitkFloat32)
     return image
@@ -216,12 +432,15 @@ def write_ct(image: sitk.Image, path: str | os.PathLike, dtype: str = "float32",
         out = image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
     writer = sitk.ImageFileWriter()
     writer.SetUseCompression(bool(compress))
-    with atomic_file(path) as tmp:
-        writer.SetFileName(str(tmp))
-        try:
-            writer.Execute(out)
-        except RuntimeError as exc:
-            raise InputError(path, f"cannot be written ({_itk_message(exc)})") from exc
+    try:
+        with atomic_file(path) as tmp:
+            writer.SetFileName(str(tmp))
+            try:
+                writer.Execute(out)
+            except RuntimeError as exc:
+                raise InputError(path, f"cannot be written: {_itk_message(exc)}") from exc
+    except OSError as exc:  # the folder: missing, read-only, full
+        raise InputError(path, f"cannot be written ({exc.strerror or exc})") from exc
     return path
 
 
@@ -399,6 +618,7 @@ def array_to_image(array, geometry: BiplanarGeometry, center_lps: Sequence[float
 
 
 __all__ = [
-    "AIR_HU", "WRITE_SUFFIXES", "read_ct", "write_ct", "orient_lps", "image_center_lps", "resample_isotropic",
+    "AIR_HU", "AIR_ONLY_MAX_HU", "MAX_CT_VOXELS", "WRITE_SUFFIXES", "read_ct", "verify_voxel_data", "write_ct",
+    "orient_lps", "image_center_lps", "resample_isotropic",
     "body_center_lps", "crop_or_pad_cube", "antialias_sigmas_mm", "to_model_grid", "model_array", "array_to_image",
 ]

@@ -77,14 +77,21 @@ def test_pickles_are_never_loaded(tmp_path, tiny):
 
 
 def test_mismatched_network_is_refused(tmp_path, tiny):
+    from DiffuX2CTLib.checkpoint import checkpoint_digest
+
     _, json_path = save(tmp_path, tiny)
     data = json.loads(json_path.read_text())
     data["network"]["base_channels"] = 16
+    json_path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="digest .* does not match"):  # an edit of the JSON is caught first
+        load_checkpoint(json_path)
+    data["digest"] = checkpoint_digest(data)  # a consistent description whose weights do not fit
     json_path.write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match=r"tensor '.*' has shape .* the network expects"):
         load_checkpoint(json_path)
     data["network"]["num_res_blocks"] = 2
     data["network"]["base_channels"] = 8
+    data["digest"] = checkpoint_digest(data)
     json_path.write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="missing"):
         load_checkpoint(json_path)
@@ -111,8 +118,10 @@ def test_bad_descriptions_are_refused(tmp_path, tiny, edit, message):
 
 
 def test_missing_or_unreadable_files(tmp_path, tiny):
+    with pytest.raises(CheckpointError, match="nothing.safetensors: checkpoint file not found"):
+        load_checkpoint(tmp_path / "nothing.safetensors")  # reported by the name given
     with pytest.raises(CheckpointError, match="nothing.json: checkpoint file not found"):
-        load_checkpoint(tmp_path / "nothing.safetensors")
+        load_checkpoint(tmp_path / "nothing.json")
     weights, json_path = save(tmp_path, tiny)
     json_path.write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):

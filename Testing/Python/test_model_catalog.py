@@ -274,6 +274,9 @@ def test_import_checkpoint(cache, tiny_checkpoint):
     other.write_bytes(bytes(data))
     description = json.loads(tiny_checkpoint.with_suffix(".json").read_text())
     description["weights_sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    from DiffuX2CTLib.checkpoint import checkpoint_digest
+
+    description["digest"] = checkpoint_digest(description)  # the digest covers weights_sha256
     other.with_suffix(".json").write_text(json.dumps(description))
     second = catalog.import_checkpoint(other)
     assert second.id.startswith("imported-tiny-model-") and second.id != imported.id
@@ -326,7 +329,7 @@ def test_import_refuses_bad_files_with_one_line(tmp_path, cache, tiny_checkpoint
     bad = _copy_pair(tiny_checkpoint, tmp_path / "otherjson")
     bad.with_suffix(".json").write_text(json.dumps({"format": "something-else"}))
     refused(bad, r"bad\.json: not a DiffuX2CT checkpoint description")
-    refused(tmp_path / "absent.safetensors", r"absent\.json: checkpoint file not found")
+    refused(tmp_path / "absent.safetensors", r"absent\.safetensors: checkpoint file not found")  # the name given
 
 
 def test_broken_user_catalogue_is_reported_not_fatal(cache):

@@ -115,7 +115,7 @@ def test_worker_cancellation_leaves_nothing(case, tmp_path):
         (lambda a, c, t: a.__setitem__(1, str(t / "missing.png")), EXIT_BAD_INPUT, "missing.png: --ap file not found"),
         (lambda a, c, t: a.__setitem__(a.index("--output") + 1, str(t / "ct.txt")), EXIT_BAD_INPUT, "ct.txt: --output must end with"),
         (lambda a, c, t: a.extend(["--std", str(t / "s.nrrd")]), EXIT_BAD_INPUT, "--std needs --num-samples"),
-        (lambda a, c, t: a.__setitem__(5, str(t / "none.safetensors")), EXIT_BAD_CHECKPOINT, "none.json: checkpoint file not found"),
+        (lambda a, c, t: a.__setitem__(5, str(t / "none.safetensors")), EXIT_BAD_CHECKPOINT, "none.safetensors: checkpoint file not found"),
         (lambda a, c, t: a.__setitem__(1, str(_not_an_image(t))), EXIT_BAD_INPUT, "notes.png"),
         (lambda a, c, t: a.__setitem__(a.index("--steps") + 1, "0"), EXIT_BAD_INPUT, "steps"),
     ],
