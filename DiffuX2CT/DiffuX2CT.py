@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 SAMPLER_CHOICES = ("dpmsolver++-sde", "dpmsolver++", "ddim", "ddpm")
 DEVICE_CHOICES = ("auto", "cuda", "cpu")
+ENCODING_CHOICES = ("auto", "line-integral", "intensity", "display")
 POLL_INTERVAL_MS = 200
 
 
@@ -66,6 +67,7 @@ class DiffuX2CTParameterNode:
     apVolume, lateralVolume: the radiographs (single-slice volumes).
     simulationCT: a CT to simulate both radiographs from.
     steps, sampler, numSamples, seed, device: sampling settings.
+    xrayEncoding, applyVOI, pixelSpacingMm: how real films are read (0 mm: from the file).
     renderVolume, segmentBone: what to add to the scene after a run.
     reconstruction, groundTruth: the volumes to compare.
     """
@@ -79,6 +81,9 @@ class DiffuX2CTParameterNode:
     numSamples: Annotated[int, WithinRange(1, 16)] = 1
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
+    xrayEncoding: Annotated[str, Choice(list(ENCODING_CHOICES))] = "auto"
+    applyVOI: bool = False
+    pixelSpacingMm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
     renderVolume: bool = True
     segmentBone: bool = True
     reconstruction: vtkMRMLScalarVolumeNode
@@ -452,9 +457,12 @@ class DiffuX2CTLogic(ScriptedLoadableModuleLogic):
     def startReconstruction(self, parameterNode, checkpoint: str, modelId: str, **callbacks):
         from DiffuX2CTSlicerLib.logic import SamplingSettings
 
+        spacing = parameterNode.pixelSpacingMm
         settings = SamplingSettings(steps=parameterNode.steps, sampler=parameterNode.sampler,
                                     num_samples=parameterNode.numSamples, seed=parameterNode.seed,
-                                    device=parameterNode.device)
+                                    device=parameterNode.device, xray_encoding=parameterNode.xrayEncoding,
+                                    apply_voi=parameterNode.applyVOI,
+                                    pixel_spacing=(spacing, spacing) if spacing > 0 else None)
         return self.impl.start(parameterNode.apVolume, parameterNode.lateralVolume, checkpoint, settings,
                                model_id=modelId, **callbacks)
 

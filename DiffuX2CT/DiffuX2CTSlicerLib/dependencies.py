@@ -71,6 +71,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("pillow", "10", "PIL"),
     Requirement("tifffile", "2023.1", "tifffile"),
     Requirement("tqdm", "4.60", "tqdm"),
+    Requirement("scipy", "1.10", "scipy"),
 )
 
 

@@ -30,7 +30,9 @@ RECONSTRUCTION_ATTRIBUTE = "DiffuX2CT.Reconstruction"
 
 @dataclass
 class SamplingSettings:
-    """How to sample: steps, sampler (``None`` = the worker's default), samples, seed, device."""
+    """How to sample: steps, sampler (``None`` = the worker's default), samples, seed, device;
+    and how to read real films: encoding (``None``/``"auto"``: from the DICOM tags), whether to
+    apply a DICOM VOI window, and the pixel spacing ``(row, col)`` mm for films without one."""
 
     steps: int = 25
     sampler: str | None = None
@@ -38,6 +40,9 @@ class SamplingSettings:
     seed: int = 0
     device: str = "auto"
     eta: float = 0.0
+    xray_encoding: str | None = None
+    apply_voi: bool = False
+    pixel_spacing: tuple[float, float] | None = None
 
 
 @dataclass
@@ -133,7 +138,8 @@ class ReconstructionLogic:
                 lateral=xray_file_for_worker(lateral_node, inputs_dir, "lateral"),
                 checkpoint=os.fspath(checkpoint), steps=settings.steps, sampler=settings.sampler,
                 seed=settings.seed, device=settings.device, num_samples=settings.num_samples, eta=settings.eta,
-                isocenter=isocenter_of(ap_node),
+                isocenter=isocenter_of(ap_node), xray_encoding=settings.xray_encoding,
+                apply_voi=settings.apply_voi, pixel_spacing=settings.pixel_spacing,
             )
             process.start(request)
         except BaseException:

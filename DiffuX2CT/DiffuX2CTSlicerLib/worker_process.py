@@ -94,7 +94,10 @@ class WorkerRequest:
 
     ``sampler=None`` leaves the choice to the worker (its default sampler). ``isocenter`` is the
     LPS position (mm) of the output volume's centre; ``None`` lets the worker read a
-    ``geometry.json`` beside the AP image, else use 0,0,0.
+    ``geometry.json`` beside the AP image, else use 0,0,0. Reading real films:
+    ``xray_encoding`` (``None`` = the worker's ``auto``: DICOM tags decide), ``apply_voi`` (apply
+    a DICOM VOI window), ``pixel_spacing`` (``(row, col)`` mm at the detector, for films that have
+    none).
     """
 
     ap: str | os.PathLike
@@ -107,6 +110,9 @@ class WorkerRequest:
     num_samples: int = 1
     eta: float = 0.0
     isocenter: Sequence[float] | None = None
+    xray_encoding: str | None = None
+    apply_voi: bool = False
+    pixel_spacing: Sequence[float] | None = None
 
     def to_args(self, output: str | os.PathLike, std: str | os.PathLike | None = None) -> list[str]:
         """The worker's command-line arguments (without the interpreter and ``-m``)."""
@@ -122,6 +128,14 @@ class WorkerRequest:
                 raise ValueError(f"isocenter needs 3 LPS coordinates, got {len(values)}")
             # "--isocenter=..." so that a leading minus sign is not taken for an option
             args.append("--isocenter=" + ",".join(repr(v) for v in values))
+        if self.xray_encoding and self.xray_encoding != "auto":
+            args += ["--xray-encoding", str(self.xray_encoding)]
+        args.append("--apply-voi" if self.apply_voi else "--no-apply-voi")
+        if self.pixel_spacing is not None:
+            spacing = [float(v) for v in self.pixel_spacing]
+            if len(spacing) != 2:
+                raise ValueError(f"pixel spacing needs (row, col) mm, got {len(spacing)} values")
+            args += ["--pixel-spacing", ",".join(repr(v) for v in spacing)]
         args += ["--output", os.fspath(output)]
         if std is not None:
             args += ["--std", os.fspath(std)]

@@ -8,7 +8,8 @@ dense, as in DiffuX2CTLib (MONOCHROME1 films are inverted on reading). Attribute
 * ``DiffuX2CT.SpacingKnown``: ``"1"`` when the file gave a pixel spacing (mm), else ``"0"``
   (the node then shows 1 mm pixels, and the worker fits the film to the detector);
 * ``DiffuX2CT.IsocenterLPS``: ``"x,y,z"`` mm, set on simulated views: where the CT they came from
-  was centred, so the reconstruction lands on it.
+  was centred, so the reconstruction lands on it;
+* ``DiffuX2CT.ReadingWarnings``: JSON list of what reading the file assumed (encoding, flips, ...).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ SPACING_KNOWN_ATTRIBUTE = "DiffuX2CT.SpacingKnown"
 ISOCENTER_ATTRIBUTE = "DiffuX2CT.IsocenterLPS"
 METADATA_ATTRIBUTE = "DiffuX2CT.XRayMetadata"
 VIEW_ATTRIBUTE = "DiffuX2CT.View"
+WARNINGS_ATTRIBUTE = "DiffuX2CT.ReadingWarnings"
 
 #: File types "Load X-ray..." offers (DICOM DX/CR, PNG, TIFF, JPEG, NRRD and other ITK 2D images).
 XRAY_FILE_FILTER = "Radiographs (*.dcm *.png *.tif *.tiff *.jpg *.jpeg *.nrrd *.nhdr *.mha *.nii *.nii.gz);;All files (*)"
@@ -42,19 +44,26 @@ def _json_safe(metadata: dict) -> str:
     return json.dumps({k: v for k, v in metadata.items() if isinstance(v, (str, int, float, bool, type(None)))})
 
 
-def load_xray_node(scene: Any, path: str | os.PathLike, view: str, name: str | None = None) -> Any:
+def load_xray_node(scene: Any, path: str | os.PathLike, view: str, name: str | None = None,
+                   options: Any = None) -> Any:
     """Read a radiograph file (DICOM DX/CR, PNG, TIFF, JPEG, NRRD) into a new single-slice node.
 
-    Raises :class:`DiffuX2CTLib.errors.InputError` (one line naming the file) for anything that
-    is not a 2D grey-level radiograph.
+    The node shows what the model will be given: the file's line-integral estimate (raw,
+    log-encoded and display films all become bright = dense), turned into the model's orientation
+    for ``view``, burned-in labels and collimation filled -- the worker's reading chain
+    (:func:`DiffuX2CTLib.io.radiograph.load_line_integral` with ``options``, a
+    :class:`~DiffuX2CTLib.io.radiograph.RadiographOptions`). The worker itself reads the source
+    file, with the options of the run. Raises :class:`DiffuX2CTLib.errors.InputError` (one line
+    naming the file) for anything that is not a 2D grey-level radiograph.
     """
-    from DiffuX2CTLib.io.xray import read_xray
+    from DiffuX2CTLib.io.radiograph import RadiographOptions, load_line_integral
 
-    xray = read_xray(path)
+    xray, warnings = load_line_integral(path, view, options or RadiographOptions())
     node = add_volume_node(scene, _image_2d(xray.pixels, xray.spacing_mm), name or f"X-ray {view}")
     node.SetAttribute(SOURCE_PATH_ATTRIBUTE, os.fspath(path))
     node.SetAttribute(SPACING_KNOWN_ATTRIBUTE, "1" if xray.spacing_mm is not None else "0")
     node.SetAttribute(METADATA_ATTRIBUTE, _json_safe(xray.metadata))
+    node.SetAttribute(WARNINGS_ATTRIBUTE, json.dumps([str(w) for w in warnings]))
     node.SetAttribute(VIEW_ATTRIBUTE, view)
     return node
 

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 ALL_GOOD = {"torch": "2.13.0+cpu", "numpy": "2.1.0", "SimpleITK": "2.4.0", "pydicom": "3.0.1", "monai": "1.5.0",
             "diffusers": "0.35.1", "safetensors": "0.6.2", "pillow": "11.3.0", "tifffile": "2025.6.11",
-            "tqdm": "4.67.1"}
+            "tqdm": "4.67.1", "scipy": "1.15.0"}
 
 
 def lookup(versions: dict[str, str | None]):

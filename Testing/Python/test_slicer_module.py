@@ -122,14 +122,19 @@ def test_ui_parameter_bindings_match_the_parameter_node():
     assert fields - set(bound.values()) == {"modelId"}
     # the combo boxes offer exactly the choices the parameter node accepts
     source = MODULE_FILE.read_text()
-    for combo, constant in (("samplerComboBox", "SAMPLER_CHOICES"), ("deviceComboBox", "DEVICE_CHOICES")):
+    for combo, constant in (("samplerComboBox", "SAMPLER_CHOICES"), ("deviceComboBox", "DEVICE_CHOICES"),
+                            ("xrayEncodingComboBox", "ENCODING_CHOICES")):
         items = [i.find("property/string").text for i in _ui_widgets()[combo].findall("item")]
         declared = ast.literal_eval(re.search(rf"^{constant} = (\(.*\))$", source, re.M).group(1))
         assert tuple(items) == declared
 
 
-def test_samplers_offered_are_the_library_samplers():
+def test_samplers_and_encodings_offered_are_the_library_ones():
     from DiffuX2CTLib.diffusion.config import SAMPLERS
+    from DiffuX2CTLib.io.xray_encoding import ENCODINGS
 
-    declared = ast.literal_eval(re.search(r"^SAMPLER_CHOICES = (\(.*\))$", MODULE_FILE.read_text(), re.M).group(1))
+    source = MODULE_FILE.read_text()
+    declared = ast.literal_eval(re.search(r"^SAMPLER_CHOICES = (\(.*\))$", source, re.M).group(1))
     assert set(declared) == set(SAMPLERS)
+    encodings = ast.literal_eval(re.search(r"^ENCODING_CHOICES = (\(.*\))$", source, re.M).group(1))
+    assert set(encodings) == {"auto", *ENCODINGS}

@@ -3,6 +3,7 @@ bone segmentation and the ground-truth comparison."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -149,3 +150,26 @@ def test_comparison_table_matches_library_metrics(slicer_logics):
     diff = slicer.util.arrayFromVolume(result.difference)
     np.testing.assert_allclose(diff, recon_array - sitk.GetArrayFromImage(on_grid), atol=1e-3)
     np.testing.assert_allclose(result.difference.GetOrigin(), recon_node.GetOrigin())
+
+
+def test_a_raw_detector_film_is_shown_as_the_model_reads_it(slicer_logics, tmp_path):
+    """A FOR PROCESSING linear film (bright = more X-rays as stored) appears bright = dense in the
+    node, like the DRR it was made from, and the worker is still handed the DICOM file itself."""
+    from DiffuX2CTLib.geometry import BiplanarGeometry
+    from DiffuX2CTLib.radiograph.simulation import simulate_films, write_film_files
+    from DiffuX2CTLib.simulate import simulate_xrays
+    from DiffuX2CTSlicerLib.xray_nodes import load_xray_node, xray_file_for_worker
+    import slicer.util
+
+    geometry = BiplanarGeometry.preset("x2ct", volume_size=32, xray_size=64)
+    sim = simulate_xrays(make_synthetic_ct(size=(40, 40, 40), spacing=(5.0, 5.0, 5.0), origin=(-100, -100, -100)),
+                         geometry)
+    films = simulate_films(sim, "processing-raw", seed=3, labels=False, collimation=False)
+    names = write_film_files(tmp_path, films)
+    dicom = tmp_path / names["ap"]["dicom_dx_film"]
+    node = load_xray_node(slicer_logics.scene, dicom, "ap")
+    shown = slicer.util.arrayFromVolume(node)[0].astype(np.float64)
+    drr = sim.line_integrals[0].astype(np.float64)
+    assert np.corrcoef(shown.ravel(), drr.ravel())[0, 1] > 0.95  # not inverted
+    assert "LIN" in json.loads(node.GetAttribute("DiffuX2CT.XRayMetadata"))["encoding_path"]
+    assert xray_file_for_worker(node, tmp_path, "ap") == str(dicom)

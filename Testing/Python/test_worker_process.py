@@ -103,7 +103,7 @@ def test_request_arguments():
     assert req.to_args("o.nrrd", "s.nrrd") == [
         "--ap", "a.png", "--lateral", "l.png", "--checkpoint", "m.safetensors", "--steps", "4",
         "--seed", "2", "--device", "cuda:1", "--num-samples", "3", "--eta", "0.5",
-        "--isocenter=-40.0,25.5,300.0", "--output", "o.nrrd", "--std", "s.nrrd"]
+        "--isocenter=-40.0,25.5,300.0", "--no-apply-voi", "--output", "o.nrrd", "--std", "s.nrrd"]
     assert ["--sampler", "ddpm"] == WorkerRequest("a", "l", "m", sampler="ddpm").to_args("o")[8:10]
     with pytest.raises(ValueError, match="3 LPS"):
         WorkerRequest("a", "l", "m", isocenter=(1, 2)).to_args("o")
@@ -199,7 +199,7 @@ def test_cancel_kills_a_tree_that_ignores_sigterm(tmp_path):
 
 @pytest.mark.parametrize("bad, code, message", [
     ("ap", 2, "missing.png: --ap file not found."),
-    ("checkpoint", 3, "missing.json: checkpoint file not found."),
+    ("checkpoint", 3, "missing.safetensors: checkpoint file not found."),  # named as given
 ])
 def test_worker_failure(case, tmp_path, bad, code, message):
     rec = Recorder()
@@ -265,3 +265,15 @@ def test_relative_input_paths_are_resolved_before_the_worker_changes_folder(case
     assert worker.request.ap == str(case["ap"])
     worker.cleanup()
     assert worker.state is WorkerState.CANCELLED and not worker.work_dir.exists()
+
+
+def test_request_reading_options_are_accepted_by_the_worker(tmp_path):
+    from DiffuX2CTLib.worker import build_parser
+
+    request = WorkerRequest(ap="a.dcm", lateral="l.dcm", checkpoint="m.safetensors", xray_encoding="intensity",
+                            apply_voi=True, pixel_spacing=(0.15, 0.15), isocenter=(-1.5, 2.0, -300.0))
+    args = build_parser().parse_args(request.to_args(tmp_path / "ct.nrrd"))
+    assert args.xray_encoding == "intensity" and args.apply_voi is True
+    assert tuple(args.pixel_spacing) == (0.15, 0.15) and tuple(args.isocenter) == (-1.5, 2.0, -300.0)
+    default = build_parser().parse_args(WorkerRequest(ap="a", lateral="l", checkpoint="m").to_args(tmp_path / "c.nrrd"))
+    assert default.xray_encoding == "auto" and default.apply_voi is False and default.pixel_spacing is None
