@@ -92,6 +92,13 @@ class AugmentConfig:
         scale: maximum relative isotropic scaling (0.05 = +-5%).
         shift_mm: maximum translation along each axis (mm).
         intensity: maximum relative density change of non-air voxels, ``hu' = (hu + 1000)(1 + a) - 1000``.
+        film_prob: probability that a sample's radiographs are simulated films read back through
+            the inference reader instead of clean DRRs (``training.xray_augment``; 0 = off).
+        film_strength: how far the film settings are drawn from the default film, in [0, 1].
+        film_png_fraction: share of the films stored as 8-bit display PNGs (the rest: DX DICOM).
+        magnification: maximum relative magnification jitter of the films (0.05 = +-5%).
+        xray_shift_mm: maximum in-plane shift of the films per axis (mm at the detector).
+        xray_rotate_deg: maximum in-plane rotation of the films (degrees).
     """
 
     enabled: bool = True
@@ -100,6 +107,12 @@ class AugmentConfig:
     scale: float = 0.05
     shift_mm: float = 10.0
     intensity: float = 0.03
+    film_prob: float = 0.0
+    film_strength: float = 1.0
+    film_png_fraction: float = 0.25
+    magnification: float = 0.05
+    xray_shift_mm: float = 5.0
+    xray_rotate_deg: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -242,8 +255,10 @@ class TrainConfig:
         need(r.val_sampler in SAMPLERS, "train.val_sampler", f"must be one of {', '.join(SAMPLERS)}")
         need(r.val_steps >= 1, "train.val_steps", "must be >= 1")
         need(r.best_metric in BEST_METRICS, "train.best_metric", f"must be one of {sorted(BEST_METRICS)}")
-        need(0 <= a.prob <= 1, "augment.prob", "must be in [0, 1]")
-        for key in ("rotate_deg", "scale", "shift_mm", "intensity"):
+        for key in ("prob", "film_prob", "film_strength", "film_png_fraction"):
+            need(0 <= getattr(a, key) <= 1, f"augment.{key}", "must be in [0, 1]")
+        need(a.magnification < 0.5, "augment.magnification", "must be below 0.5")
+        for key in ("rotate_deg", "scale", "shift_mm", "intensity", "magnification", "xray_shift_mm", "xray_rotate_deg"):
             need(getattr(a, key) >= 0, f"augment.{key}", "must be >= 0")
         geometry = self.build_geometry()
         self.build_network_config(geometry)

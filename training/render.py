@@ -48,7 +48,14 @@ class RadiographRenderer(torch.nn.Module):
     def forward(self, volume_hu: torch.Tensor) -> torch.Tensor:
         """Pixel-averaged line integrals ``-log(I/I0)`` (dimensionless), float32; like
         :meth:`DiffuX2CTLib.drr.DRRProjector.forward`, so either can be used as a projector."""
-        fine = self.projector(volume_hu)
+        return self.pool(self.fine(volume_hu))
+
+    def fine(self, volume_hu: torch.Tensor) -> torch.Tensor:
+        """Line integrals on the supersampled detector ``(B, V, rows * factor, cols * factor)``."""
+        return self.projector(volume_hu)
+
+    def pool(self, fine: torch.Tensor) -> torch.Tensor:
+        """Supersampled line integrals averaged back to the model's detector pixels."""
         return fine if self.factor == 1 else F.avg_pool2d(fine, self.factor)
 
     def line_integrals(self, volume_hu: torch.Tensor) -> torch.Tensor:

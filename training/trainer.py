@@ -35,6 +35,7 @@ from .ema import EMA
 from .lr import warmup_cosine
 from .objective import Objective, predict_volumes
 from .render import RadiographRenderer
+from .xray_augment import RadiographAugmenter
 from .run_log import RunLogger
 from .sampler import StreamSampler
 from .state import (TrainingState, latest_checkpoint, mark_best, prune_checkpoints, read_training_checkpoint,
@@ -223,6 +224,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, stop: StopRequest, resume: 
     intensity = config.build_intensity()
     schedule = NoiseSchedule(config.build_diffusion_config())
     renderer = RadiographRenderer(geometry, config.data.xray_supersample, manifest.mu_water_per_mm)
+    film_augmenter = RadiographAugmenter(config.augment, geometry, config.data.xray_supersample, renderer.normalization)
     projector = DRRProjector(geometry, mu_water_per_mm=manifest.mu_water_per_mm)
     objective = Objective(config.objective, schedule, intensity, projector)
     step_module: nn.Module = TrainingStep(model, objective)
@@ -292,7 +294,9 @@ def _train(config: TrainConfig, dist_info: DistInfo, stop: StopRequest, resume: 
             batch = next(data_iter)
             volume_hu = batch["volume"].to(device, non_blocking=True)
             with torch.no_grad():
-                xrays = renderer.radiograph(volume_hu)
+                fine = renderer.fine(volume_hu)
+                xrays = renderer.normalization(renderer.pool(fine))
+                xrays = film_augmenter(fine, xrays, batch["seed"].tolist() if torch.is_tensor(batch["seed"]) else batch["seed"])
                 x0 = intensity.normalize(volume_hu)
             lr = warmup_cosine(step, base_lr=o.lr, warmup_steps=o.warmup_steps, max_steps=run.max_steps,
                                min_lr_ratio=o.min_lr_ratio)
