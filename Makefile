@@ -1,7 +1,7 @@
 # DiffuX2CT developer commands. Every target creates .venv and installs what it needs first.
 #   make demo    example chest CT -> AP and lateral DRRs (-> reconstruction) in demo_output/
 #   make test    the test suite (what CI runs)
-#   make bench   the benchmarks (DiffDRR installed into .venv without its heavy dependencies; ~75 min)
+#   make bench   the benchmarks (DiffDRR installed into .venv without its heavy dependencies; ~100 min)
 # Choose your own torch build with e.g.  make test TORCH_SPEC="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu124"
 
 PYTHON ?= python3
@@ -38,6 +38,7 @@ bench: $(BENCH_STAMP)
 	$(PY) benchmarks/sampling.py
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/learning.py
+	$(PY) benchmarks/radiographs.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
