@@ -148,3 +148,35 @@ def test_bad_inputs_are_refused_before_any_process(logic, slicer_logics, demo_ch
     # swapped views are run, with a warning
     assert any("swapped" in w for w in logic.check_inputs(views.lateral, views.ap))
     assert not any("swapped" in w for w in logic.check_inputs(views.ap, views.lateral))
+
+
+def test_uncertainty_volume_and_a_forced_gpu_without_one(logic, slicer_logics, demo_checkpoint):
+    """Two samples give the standard-deviation volume on the CT's grid; forcing CUDA on a machine
+    without a GPU fails with one sentence, and nothing is added to the scene."""
+    import torch
+
+    from DiffuX2CTSlicerLib.logic import SamplingSettings
+    from DiffuX2CTSlicerLib.volumes import add_volume_node
+    from DiffuX2CTSlicerLib.worker_process import WorkerState
+
+    scene = slicer_logics.scene
+    views = logic.simulate_from_ct(add_volume_node(scene, phantom_ct(), "phantom CT"), demo_checkpoint)
+    process = logic.start(views.ap, views.lateral, demo_checkpoint, SamplingSettings(steps=2, num_samples=2, device="cpu"))
+    assert process.wait(timeout=240) is WorkerState.SUCCEEDED
+    output = logic.load_result(process.result, segmentation=False, volume_rendering=False)
+    assert output.std is not None
+    assert output.std.GetImageData().GetDimensions() == output.volume.GetImageData().GetDimensions()
+    np.testing.assert_allclose(output.std.GetOrigin(), output.volume.GetOrigin())
+    std = __import__("slicer").util.arrayFromVolume(output.std)
+    assert std.min() >= 0 and std.max() > 0
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    nodes = _volume_nodes(scene)
+    process = logic.start(views.ap, views.lateral, demo_checkpoint, SamplingSettings(steps=2, device="cuda"))
+    assert process.wait(timeout=120) is WorkerState.FAILED
+    result = process.result
+    assert result.exit_code == 2 and "cuda" in result.error.lower() and result.error.count(".") >= 1
+    assert "\n" not in result.error
+    logic.cleanup()
+    assert _volume_nodes(scene) == nodes
