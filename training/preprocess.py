@@ -30,7 +30,7 @@ from DiffuX2CTLib.io.body import (  # noqa: F401  (re-exported: the cleaning ste
 )
 from DiffuX2CTLib.geometry import BiplanarGeometry
 from DiffuX2CTLib.io.ct import (
-    AIR_HU, antialias_sigmas_mm, array_to_image, body_center_lps, model_array, read_ct, to_model_grid,
+    AIR_HU, antialias_for_spacing, array_to_image, body_center_lps, model_array, read_ct, to_model_grid,
 )
 
 from .cache import CaseRecord, write_case
@@ -148,9 +148,7 @@ def augmented_model_ct(clean: sitk.Image, geometry: BiplanarGeometry, center_lps
     transform.SetMatrix([float(v) for v in matrix.ravel()])
     transform.SetCenter(grid_center)
     reference = array_to_image(np.zeros(geometry.volume_shape, np.float32), geometry, grid_center)
-    sigmas = antialias_sigmas_mm(clean.GetSpacing(), min(geometry.volume_spacing_mm) / params["scale"])
-    if max(sigmas) > 0:
-        clean = sitk.DiscreteGaussian(clean, [s * s for s in sigmas], 32, 0.01, True)
+    clean = antialias_for_spacing(clean, min(geometry.volume_spacing_mm) / params["scale"])
     resampled = sitk.Resample(clean, reference, transform, sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
     values = sitk.GetArrayFromImage(resampled)
     if params.get("z_keep"):

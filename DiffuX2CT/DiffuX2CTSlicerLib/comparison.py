@@ -42,17 +42,14 @@ def resample_to_reference(image: Any, reference: Any, default_hu: float = AIR_HU
     """``image`` (SimpleITK, HU) resampled onto ``reference``'s grid (linear, identity transform).
 
     Axes of ``image`` finer than the reference voxels are first smoothed with the Gaussian of
-    :func:`DiffuX2CTLib.io.ct.antialias_sigmas_mm`, as the training data were made, so that a
+    :func:`DiffuX2CTLib.io.ct.antialias_for_spacing`, as the training data were made, so that a
     0.7 mm CT compared on 10 mm voxels is averaged, not point-sampled.
     """
     import SimpleITK as sitk
 
-    from DiffuX2CTLib.io.ct import antialias_sigmas_mm
+    from DiffuX2CTLib.io.ct import antialias_for_spacing
 
-    image = sitk.Cast(image, sitk.sitkFloat32)
-    sigmas = antialias_sigmas_mm(image.GetSpacing(), min(reference.GetSpacing()))
-    if max(sigmas) > 0:  # variances in mm^2 (image spacing used)
-        image = sitk.DiscreteGaussian(image, [s * s for s in sigmas], 32, 0.01, True)
+    image = antialias_for_spacing(sitk.Cast(image, sitk.sitkFloat32), min(reference.GetSpacing()))
     return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, float(default_hu), sitk.sitkFloat32)
 
 

@@ -566,6 +566,16 @@ def antialias_sigmas_mm(source_spacing: Sequence[float], target_spacing_mm: floa
     return tuple(float(np.sqrt(max(target_spacing_mm**2 - s**2, 0.0)) * fwhm_to_sigma) for s in source_spacing)
 
 
+def antialias_for_spacing(image: sitk.Image, target_spacing_mm: float) -> sitk.Image:
+    """``image`` (float32) smoothed with the Gaussian of :func:`antialias_sigmas_mm` before it is
+    resampled to ``target_spacing_mm`` voxels; returned unchanged when no axis gets coarser."""
+    sigmas = antialias_sigmas_mm(image.GetSpacing(), target_spacing_mm)
+    if max(sigmas) <= 0:
+        return image
+    # variances in mm^2 (image spacing used); a zero variance leaves that axis alone
+    return sitk.DiscreteGaussian(sitk.Cast(image, sitk.sitkFloat32), [s * s for s in sigmas], 32, 0.01, True)
+
+
 def to_model_grid(image: sitk.Image, geometry: BiplanarGeometry, center_lps: Sequence[float] | None = None,
                   default_hu: float = AIR_HU, antialias: bool = True) -> sitk.Image:
     """Resample a CT once (linear) onto the geometry's (D, H, W) identity-direction grid.
@@ -583,9 +593,7 @@ def to_model_grid(image: sitk.Image, geometry: BiplanarGeometry, center_lps: Seq
     center = body_center_lps(image) if center_lps is None else tuple(float(c) for c in center_lps)
     size, spacing, origin = _grid(geometry, center)
     if antialias:
-        sigmas = antialias_sigmas_mm(image.GetSpacing(), min(spacing))
-        if max(sigmas) > 0:  # variances in mm^2 (image spacing used); a zero variance leaves that axis alone
-            image = sitk.DiscreteGaussian(sitk.Cast(image, sitk.sitkFloat32), [s * s for s in sigmas], 32, 0.01, True)
+        image = antialias_for_spacing(image, min(spacing))
     return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, origin, spacing, _IDENTITY,
                          float(default_hu), sitk.sitkFloat32)
 
@@ -620,5 +628,5 @@ def array_to_image(array, geometry: BiplanarGeometry, center_lps: Sequence[float
 __all__ = [
     "AIR_HU", "AIR_ONLY_MAX_HU", "MAX_CT_VOXELS", "WRITE_SUFFIXES", "read_ct", "verify_voxel_data", "write_ct",
     "orient_lps", "image_center_lps", "resample_isotropic",
-    "body_center_lps", "crop_or_pad_cube", "antialias_sigmas_mm", "to_model_grid", "model_array", "array_to_image",
+    "body_center_lps", "crop_or_pad_cube", "antialias_sigmas_mm", "antialias_for_spacing", "to_model_grid", "model_array", "array_to_image",
 ]
