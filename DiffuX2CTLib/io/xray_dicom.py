@@ -63,13 +63,7 @@ def read_dicom_xray(p: Path, apply_voi: bool, preamble: bool, voi_on_linear_data
         ds = pydicom.dcmread(p, force=not preamble)
     except (InvalidDicomError, OSError, EOFError, *_MALFORMED) as exc:
         raise InputError(p, f"is not a readable DICOM file ({type(exc).__name__})") from exc
-    try:
-        return _interpret(ds, p, apply_voi, preamble, voi_on_linear_data)
-    except InputError:
-        raise
-    except _MALFORMED as exc:
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
-        raise InputError(p, f"malformed DICOM ({type(exc).__name__}: {first[:160]})") from exc
+    return _interpret_checked(ds, p, apply_voi, preamble, voi_on_linear_data)
 
 
 def _text(ds: Any, keyword: str) -> str:
@@ -143,9 +137,13 @@ def xray_from_dataset(ds: Any, label: str | os.PathLike, apply_voi: bool = False
     """Interpret an in-memory pydicom data set exactly as :func:`read_dicom_xray` reads a file
     (``label`` names it in messages). Used by the training augmentation, whose films never touch
     the disk but must be read the way a user's file is."""
-    p = Path(label)
+    return _interpret_checked(ds, Path(label), apply_voi, True, voi_on_linear_data)
+
+
+def _interpret_checked(ds: Any, p: Path, apply_voi: bool, preamble: bool, voi_on_linear_data: bool) -> XRayImage:
+    """:func:`_interpret`, a malformed data set reported as an :class:`InputError` naming ``p``."""
     try:
-        return _interpret(ds, p, apply_voi, True, voi_on_linear_data)
+        return _interpret(ds, p, apply_voi, preamble, voi_on_linear_data)
     except InputError:
         raise
     except _MALFORMED as exc:
