@@ -161,13 +161,14 @@ def views_look_swapped(ap_node: Any, lateral_node: Any) -> bool:
     without spacing are not compared (returns False).
     """
     import numpy as np
+    import SimpleITK as sitk
 
     widths = []
     for node in (ap_node, lateral_node):
         if node.GetAttribute(SPACING_KNOWN_ATTRIBUTE) == "0":
             return False
         image = image_from_node(node)
-        pixels = np.asarray(__import__("SimpleITK").GetArrayFromImage(image), dtype=np.float32)[0]
+        pixels = np.asarray(sitk.GetArrayFromImage(image), dtype=np.float32)[0]
         profile = pixels.mean(axis=0)  # mean over rows: one value per column
         lo, hi = float(np.percentile(profile, 5)), float(np.percentile(profile, 95))
         if hi <= lo:

@@ -8,7 +8,6 @@ how they are used; and the conventions page states what the tests check.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -42,6 +41,7 @@ from DiffuX2CTLib.worker import (
     EXIT_BAD_CHECKPOINT, EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK,
 )
 from DiffuX2CTLib.worker import main as worker_main
+from test_worker import case  # noqa: F401  (module-scoped fixture: phantom DRRs with geometry.json, tiny x2ct checkpoint)
 
 REPO = Path(__file__).resolve().parents[2]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -58,21 +58,6 @@ def phantom(n: int = 30, spacing: float = 2.0, origin=(-40.0, 25.0, 300.0)) -> s
     image.SetSpacing((spacing,) * 3)
     image.SetOrigin(origin)
     return image
-
-
-@pytest.fixture(scope="module")
-def case(tmp_path_factory):
-    """DRRs of a phantom (with geometry.json) and an untrained tiny x2ct checkpoint at 16^3."""
-    root = tmp_path_factory.mktemp("hardening")
-    geometry = BiplanarGeometry.preset("x2ct", volume_size=16, xray_size=16)
-    sim = simulate_xrays(phantom(), geometry)
-    write_simulation(sim, root / "xrays")
-    torch.manual_seed(0)
-    config = NetworkConfig.tiny()
-    info = CheckpointInfo(network=config, diffusion=DiffusionConfig(), geometry=geometry, trained=False)
-    weights, _ = save_checkpoint(root / "tiny.safetensors", DiffuX2CTNet(config, geometry).state_dict(), info)
-    return {"root": root, "geometry": geometry, "checkpoint": weights, "isocenter": sim.ct_center_lps,
-            "ap": root / "xrays" / "ap.nrrd", "lateral": root / "xrays" / "lateral.nrrd"}
 
 
 def worker_args(case, output: Path, steps: int = 1, ap: Path | None = None, lateral: Path | None = None,
