@@ -2,7 +2,8 @@
 
 Steps (all coordinates LPS mm, values HU):
 
-1. ``read_ct`` (file, or DICOM folder + series UID); label maps are refused; the axes are
+1. ``read_ct`` (file, or DICOM folder + series UID; truncated or corrupt files are refused there);
+   label maps are refused; the axes are
    permuted losslessly to LPS (``orient_lps``) so that array axis 0 is axial (superior).
 2. :func:`DiffuX2CTLib.io.body.clean_ct`: padding below -1024 HU becomes air (``hu_stats`` with
    ``padding_fraction``), then the optional body mask sets the couch and everything outside the
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,44 +67,6 @@ class PrepareOptions:
     seed: int = 0
     xray_supersample: int = 2
     augment: AugmentOptions = field(default_factory=AugmentOptions)
-
-
-# --- reading -------------------------------------------------------------------------------
-def _nifti1_data_end(header: bytes) -> int | None:
-    """Byte offset where a NIfTI-1 file's voxel data ends, from its 348-byte header, or None."""
-    for order in "<>":
-        if len(header) >= 348 and np.frombuffer(header[:4], f"{order}i4")[0] == 348:
-            dims = np.frombuffer(header[40:56], f"{order}i2")
-            bitpix = int(np.frombuffer(header[72:74], f"{order}i2")[0])
-            offset = float(np.frombuffer(header[108:112], f"{order}f4")[0])
-            count = int(np.prod([max(1, int(d)) for d in dims[1:1 + max(0, min(int(dims[0]), 7))]]))
-            return int(offset) + count * max(bitpix, 8) // 8
-    return None
-
-
-def check_complete_file(path: str | os.PathLike) -> None:
-    """Raise InputError for a truncated gzip stream or NIfTI file (ITK may read them silently)."""
-    import gzip
-    import zlib
-
-    path = Path(path)
-    if path.is_dir():
-        return
-    name = path.name.lower()
-    if not name.endswith((".gz", ".nii")):
-        return
-    try:
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rb") as stream:
-            header = stream.read(348)
-            total = len(header)
-            while chunk := stream.read(1 << 22):
-                total += len(chunk)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(path, f"is truncated or corrupt ({' '.join(str(exc).split()) or type(exc).__name__})") from exc
-    end = _nifti1_data_end(header) if ".nii" in name else None
-    if end is not None and total < end:
-        raise InputError(path, f"is truncated ({total} bytes of image data where the header needs {end})")
 
 
 # --- augmentation --------------------------------------------------------------------------
@@ -189,7 +151,6 @@ def line_integrals(projector: Any, model_ct: sitk.Image) -> np.ndarray:
 def prepare_source(source: SourceCase, geometry: BiplanarGeometry, projector: Any, cache_dir: str | os.PathLike,
                    options: PrepareOptions, skip_ids: frozenset[str] = frozenset()) -> list[CaseRecord]:
     """Prepare the cases of one source (except ``skip_ids``) and write them; returns their records."""
-    check_complete_file(source.path)
     original = read_ct(source.path, source.series_uid)
     clean = clean_ct(original, options.body_mask, source.path)
     center = body_center_lps(clean.image)
@@ -216,6 +177,6 @@ def prepare_source(source: SourceCase, geometry: BiplanarGeometry, projector: An
     return written
 
 
-__all__ = ["check_complete_file", "AugmentOptions", "PrepareOptions", "CleanCT", "clean_ct", "body_mask", "fov_edge_fraction",
+__all__ = ["AugmentOptions", "PrepareOptions", "CleanCT", "clean_ct", "body_mask", "fov_edge_fraction",
            "hu_statistics", "check_not_label_map", "sample_augmentation", "augmented_model_ct",
            "augmented_case_id", "expected_case_ids", "line_integrals", "prepare_source"]
