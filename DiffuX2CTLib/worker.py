@@ -3,7 +3,7 @@
     python -m DiffuX2CTLib.worker --ap AP --lateral LAT --checkpoint MODEL.safetensors \
         --steps 25 --sampler dpmsolver++-sde --seed 0 --device auto --output ct.nrrd [--std std.nrrd] \
         [--parent-pid PID] [--xray-encoding auto|line-integral|intensity|display] [--apply-voi] \
-        [--display-gamma 2.2] [--pixel-spacing ROW,COL | --field-of-view-mm W[,H]] [--no-detect-overlays]
+        [--display-gamma 1] [--scatter-to-primary 0.3] [--pixel-spacing ROW,COL | --field-of-view-mm W[,H]] [--no-detect-overlays]
 
 Protocol on stdout (each line flushed at once):
 
@@ -133,6 +133,7 @@ def _mm_values(counts: tuple[int, ...], what: str):
 def add_reading_arguments(p: argparse.ArgumentParser) -> None:
     """The radiograph-reading options (README "How a real radiograph is read")."""
     from .io.xray_encoding import DEFAULT_DISPLAY_GAMMA, ENCODINGS
+    from .io.xray_scatter import DEFAULT_SCATTER_FWHM_MM, DEFAULT_SCATTER_TO_PRIMARY
 
     g = p.add_argument_group("reading real radiographs")
     g.add_argument("--xray-encoding", default="auto", choices=("auto", *ENCODINGS),
@@ -142,13 +143,20 @@ def add_reading_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--apply-voi", action=argparse.BooleanOptionalAction, default=False,
                    help="apply a DICOM VOI LUT/window before reading (default: no; never on LIN data)")
     g.add_argument("--display-gamma", type=float, default=DEFAULT_DISPLAY_GAMMA, metavar="GAMMA",
-                   help=f"gamma undone by --xray-encoding display (default {DEFAULT_DISPLAY_GAMMA:g}, sRGB-like)")
+                   help=f"gamma undone by --xray-encoding display (default {DEFAULT_DISPLAY_GAMMA:g}: grey levels "
+                        "linear in the processed film, as viewers export them; 2.2 for an sRGB-encoded image)")
     g.add_argument("--pixel-spacing", type=_mm_values((2,), "ROW,COL"), default=None, metavar="ROW,COL",
                    help="detector pixel pitch in mm for films whose file has no spacing (else they are refused)")
     g.add_argument("--field-of-view-mm", type=_mm_values((1, 2), "W[,H]"), default=None, metavar="W[,H]",
                    help="width (and height) of the whole image at the detector in mm, for films without spacing")
     g.add_argument("--detect-overlays", action=argparse.BooleanOptionalAction, default=True,
                    help="find burned-in labels and collimation borders in films and leave them out (default: yes)")
+    g.add_argument("--scatter-to-primary", type=float, default=DEFAULT_SCATTER_TO_PRIMARY, metavar="SPR",
+                   help=f"scatter removed from linear detector data (LIN, --xray-encoding intensity), as a fraction "
+                        f"of the primary, in [0, 1) (default {DEFAULT_SCATTER_TO_PRIMARY:g}: a chest film with a grid; "
+                        "0 = off)")
+    g.add_argument("--scatter-fwhm-mm", type=float, default=DEFAULT_SCATTER_FWHM_MM, metavar="MM",
+                   help=f"FWHM of the scatter kernel at the detector (default {DEFAULT_SCATTER_FWHM_MM:g} mm)")
 
 
 def reading_options(args: argparse.Namespace):
@@ -158,7 +166,8 @@ def reading_options(args: argparse.Namespace):
     return RadiographOptions(
         xray_encoding=args.xray_encoding, apply_voi=args.apply_voi, display_gamma=args.display_gamma,
         pixel_spacing_mm=args.pixel_spacing, field_of_view_mm=args.field_of_view_mm,
-        detect_overlays=args.detect_overlays)
+        detect_overlays=args.detect_overlays, scatter_to_primary=args.scatter_to_primary,
+        scatter_fwhm_mm=args.scatter_fwhm_mm)
 
 
 class _ProcessProbe:

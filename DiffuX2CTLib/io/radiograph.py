@@ -3,6 +3,7 @@
 1. :func:`~DiffuX2CTLib.io.xray.read_xray` (DICOM checks and tags, PNG/TIFF/JPEG/NRRD);
 2. :func:`~DiffuX2CTLib.io.xray_encoding.estimate_line_integral` (LIN/LOG/DISP, -ln, gamma);
 3. :func:`~DiffuX2CTLib.io.xray_overlays.mask_overlays` (burned-in labels, collimation; films only);
+   :func:`~DiffuX2CTLib.io.xray_scatter.correct_scatter` (linear detector data only; films only);
 4. :func:`~DiffuX2CTLib.io.xray_geometry.orient_to_view` (PatientOrientation, ViewPosition);
 5. :func:`~DiffuX2CTLib.io.xray_geometry.film_scale` (pixel size at the isocentre);
 6. :func:`~DiffuX2CTLib.io.xray.fit_xray_to_detector` onto the model's detector grid;
@@ -26,6 +27,7 @@ from .xray import XRayImage, XRayNormalization, fit_xray_to_detector, read_xray
 from .xray_encoding import DEFAULT_DISPLAY_GAMMA, ENCODINGS, estimate_line_integral
 from .xray_geometry import film_scale, orient_to_view
 from .xray_overlays import mask_overlays
+from .xray_scatter import DEFAULT_SCATTER_FWHM_MM, DEFAULT_SCATTER_TO_PRIMARY, check_scatter_settings, correct_scatter
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..geometry.biplanar import BiplanarGeometry
@@ -49,6 +51,9 @@ class RadiographOptions:
         field_of_view_mm: ``(width,)`` or ``(width, height)`` of the whole image at the detector,
             mm, for films without spacing (square pixels when the height is left out).
         detect_overlays: look for burned-in labels and collimation in films (default True).
+        scatter_to_primary: scatter assumed in linear detector data and removed (default 0.3,
+            a chest film with a grid; 0 = off); see ``xray_scatter.py``.
+        scatter_fwhm_mm: FWHM of the scatter kernel at the detector, mm (default 60).
     """
 
     xray_encoding: str | None = None
@@ -57,8 +62,11 @@ class RadiographOptions:
     pixel_spacing_mm: tuple[float, float] | None = None
     field_of_view_mm: tuple[float, ...] | None = None
     detect_overlays: bool = True
+    scatter_to_primary: float = DEFAULT_SCATTER_TO_PRIMARY
+    scatter_fwhm_mm: float = DEFAULT_SCATTER_FWHM_MM
 
     def __post_init__(self) -> None:
+        check_scatter_settings(self.scatter_to_primary, self.scatter_fwhm_mm)
         if self.xray_encoding not in (None, "auto", *ENCODINGS):
             raise InputError(None, f"unknown X-ray encoding {self.xray_encoding!r}; choose auto, "
                                    f"{', '.join(ENCODINGS)}")
@@ -79,7 +87,8 @@ class RadiographOptions:
                 "display_gamma": self.display_gamma,
                 "pixel_spacing_mm": list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
                 "field_of_view_mm": list(self.field_of_view_mm) if self.field_of_view_mm else None,
-                "detect_overlays": self.detect_overlays}
+                "detect_overlays": self.detect_overlays, "scatter_to_primary": self.scatter_to_primary,
+                "scatter_fwhm_mm": self.scatter_fwhm_mm}
 
 
 @dataclass
@@ -112,8 +121,12 @@ def load_line_integral(item: RadiographInput, view: str, options: RadiographOpti
         xray = replace(xray, metadata={**xray.metadata, "warnings": []})  # reported once, here
     xray, more = estimate_line_integral(xray, options.xray_encoding, options.display_gamma)
     warnings += more
+    is_film = xray.metadata.get("format") in FILM_FORMATS and not xray.metadata.get("written_by_diffux2ct")
     if options.detect_overlays and xray.metadata.get("format") in FILM_FORMATS:
         xray, more = mask_overlays(xray)
+        warnings += more
+    if is_film:
+        xray, more = correct_scatter(xray, options.scatter_to_primary, options.scatter_fwhm_mm)
         warnings += more
     xray, more = orient_to_view(xray, view)
     return xray, warnings + more
@@ -147,6 +160,7 @@ def prepare_radiograph(item: RadiographInput, view: str, geometry: "BiplanarGeom
         "spacing_source": scale.source,
         "isocenter_spacing_mm": list(scale.isocenter_spacing_mm),
         "model_detector_spacing_mm": list(scale.model_detector_spacing_mm),
+        "scatter_correction": md.get("scatter_correction", "not applied (not a film)"),
         "masked_fraction": 0.0 if fitted.valid_mask is None else float(1.0 - fitted.valid_mask.mean()),
     }
     md["magnification"] = scale.magnification

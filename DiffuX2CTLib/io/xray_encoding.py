@@ -14,9 +14,11 @@ map ``a * p + b`` (a > 0). So every input only has to become an increasing affin
   it sets the clipping floor that keeps ``ln(0)`` out.
 * ``display``: a film for viewing, bright = dense, whose grey levels ``v`` were gamma encoded
   from a line-integral image, ``v / full_scale = p_n ** (1 / gamma)``. Inverted as
-  ``p_n = clip(v / full_scale, 0, 1) ** gamma`` with ``gamma = 2.2`` (an sRGB-like display)
-  unless told otherwise; ``full_scale`` is the pixel type's largest code (255, 65535, the DICOM
-  value range's top) or, for float images, the image maximum.
+  ``p_n = clip(v / full_scale, 0, 1) ** gamma`` with ``gamma = 1`` unless told otherwise: a
+  viewer's PNG or JPEG export stores the windowed presentation values, which are linear in the
+  processed (log) image; a monitor's gamma is applied on display, not in the file. Give the
+  gamma (e.g. 2.2) for an image that was gamma encoded. ``full_scale`` is the pixel type's
+  largest code (255, 65535, the DICOM value range's top) or, for float images, the image maximum.
 
 With ``encoding=None`` (``auto``) a DICOM file's tags choose (``v`` = stored value after the
 modality LUT, before any display inversion; ``lo``, ``hi`` = the range of ``v``):
@@ -50,7 +52,7 @@ from ..errors import InputError
 from .xray import XRayImage
 
 ENCODINGS = ("line-integral", "intensity", "display")
-DEFAULT_DISPLAY_GAMMA = 2.2
+DEFAULT_DISPLAY_GAMMA = 1.0
 #: Percentile of the positive detector signal taken as the unattenuated intensity I0.
 I0_PERCENTILE = 99.9
 #: Signals below this fraction of I0 are clipped before the logarithm (p <= ln(1e6) = 13.8).

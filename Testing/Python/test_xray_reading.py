@@ -198,10 +198,13 @@ def gamma_png(view, p, stem):
     return path
 
 
+#: These synthetic films carry no scatter, so the raw ones are read without scatter removal
+#: (test_xray_scatter.py covers films that have scatter, and what the removal costs on one without).
+NO_SCATTER = RadiographOptions(scatter_to_primary=0.0)
 STYLES = {
     # name: (writer, options)
-    "raw LIN FOR PROCESSING": (lin_processing, RadiographOptions()),
-    "LIN sign -1": (lin_inverted_sign, RadiographOptions()),
+    "raw LIN FOR PROCESSING": (lin_processing, NO_SCATTER),
+    "LIN sign -1": (lin_inverted_sign, NO_SCATTER),
     "LOG sign +1": (log_plus, RadiographOptions()),
     "LOG sign -1": (log_minus, RadiographOptions()),
     "MONOCHROME1": (monochrome1, RadiographOptions()),
@@ -209,7 +212,7 @@ STYLES = {
     "VOI window applied": (voi_windowed, RadiographOptions(apply_voi=True)),
     "label and collimation": (labelled_collimated, RadiographOptions()),
     "no spacing + --pixel-spacing": (no_spacing, RadiographOptions(pixel_spacing_mm=FILM.detector_spacing_mm)),
-    "display-gamma PNG": (gamma_png, RadiographOptions(xray_encoding="display",
+    "display-gamma PNG": (gamma_png, RadiographOptions(xray_encoding="display", display_gamma=2.2,
                                                        pixel_spacing_mm=FILM.detector_spacing_mm)),
 }
 
@@ -233,12 +236,17 @@ def test_encoding_paths_and_warnings_say_what_was_done(drr, tmp_path):
     p = drr["film"][0]
     raw = read_xray(lin_processing("ap", p, tmp_path / "raw"))
     assert raw.metadata["pixel_intensity_relationship"] == "LIN" and raw.metadata["presentation_intent"] == "FOR PROCESSING"
-    prepared = prepare_radiograph(tmp_path / "raw.dcm", "ap", MODEL)
+    prepared = prepare_radiograph(tmp_path / "raw.dcm", "ap", MODEL, options=NO_SCATTER)
     assert prepared.image.metadata["encoding_path"] == "LIN -> -ln(I/I0)"
     assert prepared.image.metadata["i0_estimate"] == pytest.approx(60000, rel=1e-3)  # the open field
     # the -ln gives the line integrals themselves (I0 = the unattenuated beam)
     np.testing.assert_allclose(prepared.image.pixels, p, atol=0.02)
-    assert prepared.warnings == []
+    assert prepared.warnings == [] and prepared.summary["scatter_correction"] == "off"
+    # by default scatter is removed from linear data, and the worker says so
+    default = prepare_radiograph(tmp_path / "raw.dcm", "ap", MODEL)
+    assert default.summary["scatter_correction"] == "scatter-to-primary 0.3, 60 mm FWHM kernel"
+    assert [w.split(": ", 1)[1] for w in default.warnings] == [
+        "scatter removed assuming scatter-to-primary 0.3, 60 mm FWHM kernel (--scatter-to-primary 0 to turn off)"]
 
     assert prepare_radiograph(lin_inverted_sign("ap", p, tmp_path / "inv"), "ap", MODEL).image.metadata[
         "encoding_path"] == "LIN (sign -1) -> -ln((hi - v)/I0)"
@@ -273,7 +281,8 @@ def test_without_the_right_reading_the_old_path_is_far_off(drr, tmp_path):
                              options=RadiographOptions(xray_encoding="line-integral"))
     gamma = prepare_radiograph(gamma_png("ap", p, tmp_path / "g"), "ap", MODEL, options=options)
     right = prepare_radiograph(tmp_path / "g.png", "ap", MODEL,
-                               options=RadiographOptions(xray_encoding="display", pixel_spacing_mm=options.pixel_spacing_mm))
+                               options=RadiographOptions(xray_encoding="display", display_gamma=2.2,
+                                                         pixel_spacing_mm=options.pixel_spacing_mm))
     reference = drr["reference"][0]
     r_raw, r_gamma, r_right = (correlations(x.pixels[None], reference[None])[0] for x in (raw, gamma, right))
     print(f"raw read as line integral: {r_raw:.3f}; gamma PNG as line integral: {r_gamma:.3f}, as display: "
@@ -501,7 +510,8 @@ def test_malformed_dicom_is_an_input_error(tmp_path, make):
 
 def test_options_are_checked():
     for bad in (dict(xray_encoding="film"), dict(display_gamma=0.0), dict(pixel_spacing_mm=(0.1,)),
-                dict(field_of_view_mm=(-3.0,))):
+                dict(field_of_view_mm=(-3.0,)), dict(scatter_to_primary=1.0), dict(scatter_to_primary=-0.1),
+                dict(scatter_to_primary=float("nan")), dict(scatter_fwhm_mm=0.0)):
         with pytest.raises(InputError):
             RadiographOptions(**bad)
 
@@ -525,7 +535,8 @@ def test_worker_reads_a_raw_dicom_pair(drr, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, "-m", "DiffuX2CTLib.worker", "--ap", str(ap), "--lateral", str(lateral),
                            "--checkpoint", str(weights), "--steps", "2", "--sampler", "ddim", "--device", "cpu",
-                           "--output", str(out), "--no-apply-voi", "--xray-encoding", "auto"],
+                           "--output", str(out), "--no-apply-voi", "--xray-encoding", "auto",
+                           "--scatter-to-primary", "0"],  # these synthetic films have no scatter
                           capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
