@@ -155,6 +155,9 @@ class RunConfig:
         checkpoint_every: steps between training checkpoints (0 = only at the end).
         keep_last: training checkpoints kept besides ``best``.
         best_metric: validation metric selecting ``best`` (``ssim3d``, ``psnr_db``, ``mae_hu``).
+        init_from: an inference checkpoint (``NAME.safetensors`` with its JSON, e.g. an exported
+            model) whose weights start a new run (fine-tuning); its network and geometry must
+            match the config's. Ignored when the run resumes from its own checkpoints.
     """
 
     max_steps: int = 10000
@@ -171,6 +174,7 @@ class RunConfig:
     checkpoint_every: int = 1000
     keep_last: int = 3
     best_metric: str = "ssim3d"
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,21 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True) ->
         shutdown(dist_info)
 
 
+def _initialise_from(model: nn.Module, ema: EMA, path: str, network_config, geometry) -> None:
+    """Start from an inference checkpoint's weights (digest-checked; same network and geometry)."""
+    from DiffuX2CTLib.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(path)
+    if loaded.info.network.replace(use_checkpointing=False) != network_config.replace(use_checkpointing=False):
+        raise InputError(Path(path), "config key 'train.init_from': its network differs from the config's")
+    if loaded.info.geometry.hash != geometry.hash:
+        raise InputError(Path(path), f"config key 'train.init_from': its geometry {loaded.info.geometry.name!r} "
+                                     f"({loaded.info.geometry.hash}) differs from the config's ({geometry.hash})")
+    with torch.no_grad():
+        for target in (model, ema.shadow):
+            target.load_state_dict(loaded.model.state_dict(), strict=True)
+
+
 def _train(config: TrainConfig, dist_info: DistInfo, stop: StopRequest, resume: bool, progress: bool,
            started: float) -> TrainResult:
     from DiffuX2CTLib.diffusion import NoiseSchedule
@@ -219,6 +234,8 @@ def _train(config: TrainConfig, dist_info: DistInfo, stop: StopRequest, resume: 
         restore_training_state(loaded, state)
         model.to(device)
         ema.shadow.to(device)
+    elif run.init_from:
+        _initialise_from(model, ema, run.init_from, network_config, geometry)
     start_step = state.step
 
     intensity = config.build_intensity()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -121,6 +122,44 @@ def test_a_tiny_run_reduces_the_loss(tiny_cache, tmp_path):
     assert len(losses) == 40
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert last < 0.7 * first, (first, last)
+
+
+def test_init_from_starts_a_run_from_an_exported_model(tiny_cache, tmp_path):
+    """train.init_from: fine-tuning starts from the checkpoint's weights; another network is refused."""
+    from DiffuX2CTLib.checkpoint import save_checkpoint
+    from DiffuX2CTLib.errors import InputError
+    from DiffuX2CTLib.network import DiffuX2CTNet, NetworkConfig
+    from training.config import load_config
+    from training.state import inference_parts
+    from training.trainer import train
+
+    first = load_config(_write_config(tmp_path, tiny_cache, tmp_path / "first", max_steps=3, checkpoint_every=0),
+                        ["augment.enabled=false"])
+    train(first, progress=False)
+    weights, info = inference_parts(tmp_path / "first", "last")
+    exported, _ = save_checkpoint(tmp_path / "exported.safetensors", weights, info)
+
+    # lr 1e-9: one Adam step moves each weight by about 1e-9 from where init_from put them
+    tuned = load_config(_write_config(tmp_path, tiny_cache, tmp_path / "tuned", max_steps=1, checkpoint_every=0),
+                        ["augment.enabled=false", "optim.lr=1.0e-9", "optim.weight_decay=0.0", f"train.init_from={exported}"])
+    train(tuned, progress=False)
+    after = _final_tensors(tmp_path / "tuned", 1)
+    for prefix in ("model/", "ema/"):
+        for name, value in weights.items():
+            torch.testing.assert_close(after[prefix + name], value, rtol=0, atol=1e-7, msg=prefix + name)
+    fresh = load_config(_write_config(tmp_path, tiny_cache, tmp_path / "fresh", max_steps=1, checkpoint_every=0),
+                        ["augment.enabled=false", "optim.lr=1.0e-9", "optim.weight_decay=0.0"])
+    train(fresh, progress=False)
+    start = _final_tensors(tmp_path / "fresh", 1)
+    assert max(float((start["model/" + k] - v).abs().max()) for k, v in weights.items()) > 1e-3  # a fresh start differs
+
+    other = NetworkConfig.tiny().replace(base_channels=NetworkConfig.tiny().base_channels * 2)
+    wide, _ = save_checkpoint(tmp_path / "wide.safetensors", DiffuX2CTNet(other, info.geometry).state_dict(),
+                              dataclasses.replace(info, network=other))
+    bad = load_config(_write_config(tmp_path, tiny_cache, tmp_path / "bad", max_steps=1, checkpoint_every=0),
+                      ["augment.enabled=false", f"train.init_from={wide}"])
+    with pytest.raises(InputError, match="train.init_from.*network differs"):
+        train(bad, progress=False)
 
 
 # --- exact resume -------------------------------------------------------------------------------
