@@ -67,7 +67,8 @@ class DiffuX2CTParameterNode:
     apVolume, lateralVolume: the radiographs (single-slice volumes).
     simulationCT: a CT to simulate both radiographs from.
     steps, sampler, numSamples, seed, device: sampling settings.
-    xrayEncoding, applyVOI, pixelSpacingMm: how real films are read (0 mm: from the file).
+    xrayEncoding, applyVOI, pixelSpacingMm, scatterToPrimary: how real films are read (0 mm: from
+        the file; scatter removed from raw linear films, 0 = off).
     renderVolume, segmentBone: what to add to the scene after a run.
     reconstruction, groundTruth: the volumes to compare.
     """
@@ -84,6 +85,7 @@ class DiffuX2CTParameterNode:
     xrayEncoding: Annotated[str, Choice(list(ENCODING_CHOICES))] = "auto"
     applyVOI: bool = False
     pixelSpacingMm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
+    scatterToPrimary: Annotated[float, WithinRange(0.0, 0.95)] = 0.3
     renderVolume: bool = True
     segmentBone: bool = True
     reconstruction: vtkMRMLScalarVolumeNode
@@ -462,7 +464,8 @@ class DiffuX2CTLogic(ScriptedLoadableModuleLogic):
                                     num_samples=parameterNode.numSamples, seed=parameterNode.seed,
                                     device=parameterNode.device, xray_encoding=parameterNode.xrayEncoding,
                                     apply_voi=parameterNode.applyVOI,
-                                    pixel_spacing=(spacing, spacing) if spacing > 0 else None)
+                                    pixel_spacing=(spacing, spacing) if spacing > 0 else None,
+                                    scatter_to_primary=parameterNode.scatterToPrimary)
         return self.impl.start(parameterNode.apVolume, parameterNode.lateralVolume, checkpoint, settings,
                                model_id=modelId, **callbacks)
 

@@ -32,7 +32,8 @@ RECONSTRUCTION_ATTRIBUTE = "DiffuX2CT.Reconstruction"
 class SamplingSettings:
     """How to sample: steps, sampler (``None`` = the worker's default), samples, seed, device;
     and how to read real films: encoding (``None``/``"auto"``: from the DICOM tags), whether to
-    apply a DICOM VOI window, and the pixel spacing ``(row, col)`` mm for films without one."""
+    apply a DICOM VOI window, the pixel spacing ``(row, col)`` mm for films without one, and the
+    scatter-to-primary ratio removed from raw linear films (``None`` = the worker's default)."""
 
     steps: int = 25
     sampler: str | None = None
@@ -43,6 +44,7 @@ class SamplingSettings:
     xray_encoding: str | None = None
     apply_voi: bool = False
     pixel_spacing: tuple[float, float] | None = None
+    scatter_to_primary: float | None = None
 
 
 @dataclass
@@ -140,6 +142,7 @@ class ReconstructionLogic:
                 seed=settings.seed, device=settings.device, num_samples=settings.num_samples, eta=settings.eta,
                 isocenter=isocenter_of(ap_node), xray_encoding=settings.xray_encoding,
                 apply_voi=settings.apply_voi, pixel_spacing=settings.pixel_spacing,
+                scatter_to_primary=settings.scatter_to_primary,
             )
             process.start(request)
         except BaseException:

@@ -97,7 +97,8 @@ class WorkerRequest:
     ``geometry.json`` beside the AP image, else use 0,0,0. Reading real films:
     ``xray_encoding`` (``None`` = the worker's ``auto``: DICOM tags decide), ``apply_voi`` (apply
     a DICOM VOI window), ``pixel_spacing`` (``(row, col)`` mm at the detector, for films that have
-    none).
+    none), ``scatter_to_primary`` (scatter removed from raw linear films; ``None`` = the worker's
+    default).
     """
 
     ap: str | os.PathLike
@@ -113,6 +114,7 @@ class WorkerRequest:
     xray_encoding: str | None = None
     apply_voi: bool = False
     pixel_spacing: Sequence[float] | None = None
+    scatter_to_primary: float | None = None
 
     def to_args(self, output: str | os.PathLike, std: str | os.PathLike | None = None) -> list[str]:
         """The worker's command-line arguments (without the interpreter and ``-m``)."""
@@ -136,6 +138,8 @@ class WorkerRequest:
             if len(spacing) != 2:
                 raise ValueError(f"pixel spacing needs (row, col) mm, got {len(spacing)} values")
             args += ["--pixel-spacing", ",".join(repr(v) for v in spacing)]
+        if self.scatter_to_primary is not None:
+            args += ["--scatter-to-primary", repr(float(self.scatter_to_primary))]
         args += ["--output", os.fspath(output)]
         if std is not None:
             args += ["--std", os.fspath(std)]

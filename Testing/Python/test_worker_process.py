@@ -271,9 +271,11 @@ def test_request_reading_options_are_accepted_by_the_worker(tmp_path):
     from DiffuX2CTLib.worker import build_parser
 
     request = WorkerRequest(ap="a.dcm", lateral="l.dcm", checkpoint="m.safetensors", xray_encoding="intensity",
-                            apply_voi=True, pixel_spacing=(0.15, 0.15), isocenter=(-1.5, 2.0, -300.0))
+                            apply_voi=True, pixel_spacing=(0.15, 0.15), isocenter=(-1.5, 2.0, -300.0),
+                            scatter_to_primary=0.0)
     args = build_parser().parse_args(request.to_args(tmp_path / "ct.nrrd"))
-    assert args.xray_encoding == "intensity" and args.apply_voi is True
+    assert args.xray_encoding == "intensity" and args.apply_voi is True and args.scatter_to_primary == 0.0
     assert tuple(args.pixel_spacing) == (0.15, 0.15) and tuple(args.isocenter) == (-1.5, 2.0, -300.0)
     default = build_parser().parse_args(WorkerRequest(ap="a", lateral="l", checkpoint="m").to_args(tmp_path / "c.nrrd"))
     assert default.xray_encoding == "auto" and default.apply_voi is False and default.pixel_spacing is None
+    assert default.scatter_to_primary == 0.3  # the worker's default
