@@ -8,7 +8,9 @@ of the primary, in total ``spr`` times the primary) the primary is the solution 
     P = I - spr * G_fwhm (P)        inside the exposed field,
 
 found by fixed-point iteration (a contraction for ``spr < 1``; ``P`` is kept at or above
-``MIN_PRIMARY_FRACTION * I`` so noise cannot drive it to zero). The blur runs on a copy
+``MIN_PRIMARY_FRACTION * I`` so noise cannot drive it to zero). The ratio used is the assumed one
+or, if smaller, what the film allows (:func:`scatter_bound`): the signal under the densest anatomy
+cannot be less than the scatter. The blur runs on a copy
 downsampled to about ``fwhm / 15`` pixels (the kernel is smooth), through SciPy.
 
 This needs the detector signal up to a constant factor, i.e. line integrals in their natural
@@ -40,6 +42,11 @@ ITERATIONS = 10
 #: Downsampled pixels per kernel FWHM for the scatter blur.
 PIXELS_PER_FWHM = 15.0
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+#: Percentile of I / G(I) over the field that bounds the scatter ratio, and the smoothing (mm) against noise.
+BOUND_PERCENTILE = 0.0
+#: Fraction of the bound used at most: at the bound itself the densest pixel would be all scatter.
+BOUND_FRACTION = 0.5
+NOISE_SIGMA_MM = 2.0
 
 
 def check_scatter_settings(scatter_to_primary: float, fwhm_mm: float, path=None) -> None:
@@ -73,6 +80,31 @@ def smooth_scatter_blur(image: np.ndarray, sigma_mm: float, spacing_mm: tuple[fl
     # back to full size: linear interpolation with the blocks' centres aligned (grid_mode)
     full = ndimage.zoom(small, (fr, fc), order=1, mode="reflect", grid_mode=True)
     return full[:rows, :cols]
+
+
+def scatter_bound(line_integrals: np.ndarray, spacing_mm: tuple[float, float], fwhm_mm: float,
+                  field: np.ndarray | None = None) -> float:
+    """About the largest scatter-to-primary ratio the film allows: a guard against over-correction.
+
+    With ``I = P + s G(P)`` and ``P >= 0``, ``I / G(I) >= s G(P) / (G(P) + s G(G(P)))``, which is
+    about ``s / (1 + s)`` where ``G(P)`` is smooth, with near equality under the densest anatomy,
+    where scatter dominates. So ``s`` is about at most ``q / (1 - q)``, ``q`` the
+    ``BOUND_PERCENTILE`` percentile of ``I / G(I)`` over the field (``I`` lightly smoothed against
+    noise). A film without scatter gives a small value (0.01-0.2 in our tests, depending on how
+    dense its densest anatomy is); under narrow dense structures it can fall below the true ratio,
+    which only makes the correction milder.
+    """
+    p = np.asarray(line_integrals, np.float64)
+    inside = np.ones(p.shape, bool) if field is None else np.asarray(field, bool)
+    if not inside.any():
+        return 0.0
+    reference = float(np.min(p[inside]))
+    measured = np.where(inside, np.exp(-(p - reference)), 0.0)
+    smooth = smooth_scatter_blur(measured, NOISE_SIGMA_MM, spacing_mm)
+    blurred = smooth_scatter_blur(measured, fwhm_mm / FWHM_PER_SIGMA, spacing_mm)
+    ratio = smooth[inside] / np.maximum(blurred[inside], np.finfo(np.float64).tiny)
+    q = float(np.clip(np.percentile(ratio, BOUND_PERCENTILE), 0.0, 0.99))
+    return q / (1.0 - q)
 
 
 def remove_scatter(line_integrals: np.ndarray, spacing_mm: tuple[float, float], scatter_to_primary: float,
@@ -120,8 +152,13 @@ def correct_scatter(xray: XRayImage, scatter_to_primary: float = DEFAULT_SCATTER
     if xray.spacing_mm is None:
         return (replace(xray, metadata={**md, "scatter_correction": "skipped (no pixel spacing)"}),
                 ["scatter not removed: the film has no pixel spacing for the scatter kernel"])
-    corrected = remove_scatter(xray.pixels, xray.spacing_mm, scatter_to_primary, fwhm_mm, xray.valid_mask)
-    note = f"scatter-to-primary {scatter_to_primary:g}, {fwhm_mm:g} mm FWHM kernel"
+    bound = scatter_bound(xray.pixels, xray.spacing_mm, fwhm_mm, xray.valid_mask)
+    used = min(scatter_to_primary, BOUND_FRACTION * bound)
+    corrected = remove_scatter(xray.pixels, xray.spacing_mm, used, fwhm_mm, xray.valid_mask)
+    note = f"scatter-to-primary {used:.2g}, {fwhm_mm:g} mm FWHM kernel"
+    if used < scatter_to_primary:
+        note += (f" (less than the assumed {scatter_to_primary:g}: the film allows at most {bound:.2g}, "
+                 f"{BOUND_FRACTION:g} of it is used)")
     return (replace(xray, pixels=corrected.astype(np.float32), metadata={**md, "scatter_correction": note}),
             [f"scatter removed assuming {note} (--scatter-to-primary 0 to turn off)"])
 
