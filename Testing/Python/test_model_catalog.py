@@ -138,7 +138,7 @@ def test_lists_the_shipped_registry_with_its_default_first(cache):
     demo = entries[0]
     assert demo.is_default and demo.available and demo.source == "registry" and not demo.is_download
     assert catalog.default_entry() == demo
-    assert "[default]" in demo.label and demo.display_name.endswith("(version 1)")
+    assert "[default]" in demo.label and demo.display_name.endswith(f"(version {registry.get(demo.entry.id).version})")
     assert demo.license == "Apache-2.0" and demo.geometry_preset == "clinical"
     assert demo.resolution_text.startswith("32^3 voxels of 10 mm from 32 x 32")
     assert "CRLM-CT-1004" in demo.training_data_text

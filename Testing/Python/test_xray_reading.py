@@ -547,6 +547,7 @@ def test_worker_reads_a_raw_dicom_pair(drr, tmp_path):
     assert not any(w.startswith("ap ") for w in result["warnings"])  # the raw AP needed no assumption
     xrays = result["details"]["xrays"]
     assert xrays["ap"]["encoding_path"] == "LIN -> -ln(I/I0)" and xrays["lateral"]["orientation_applied"] == ["flip columns"]
+    assert xrays["ap"]["scatter_correction"] == "off"  # --scatter-to-primary 0
 
     # refused input: exit 2, one line, the JSON still has "warnings"
     bad = subprocess.run([sys.executable, "-m", "DiffuX2CTLib.worker", "--ap", str(lateral), "--lateral", str(lateral),
