@@ -130,16 +130,39 @@ def _mm_values(counts: tuple[int, ...], what: str):
     return parse
 
 
+def _encoding_spec(text: str):
+    """``ENCODING`` (both views) or ``VIEW=ENCODING[,VIEW=ENCODING]`` (a dict) for ``--xray-encoding``."""
+    from .geometry import VIEW_NAMES
+    from .io.xray_encoding import ENCODINGS
+
+    choices = ("auto", *ENCODINGS)
+    if "=" not in text:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {', '.join(choices)}, "
+                                             "or VIEW=ENCODING,...)")
+        return text
+    spec: dict[str, str] = {}
+    for part in text.split(","):
+        view, _, encoding = (x.strip() for x in part.partition("="))
+        if view not in VIEW_NAMES or encoding not in choices or view in spec:
+            raise argparse.ArgumentTypeError(f"expected VIEW=ENCODING pairs with VIEW in {', '.join(VIEW_NAMES)} (each "
+                                             f"once) and ENCODING in {', '.join(choices)}, got {text!r}")
+        spec[view] = encoding
+    return spec
+
+
 def add_reading_arguments(p: argparse.ArgumentParser) -> None:
     """The radiograph-reading options (README "How a real radiograph is read")."""
     from .io.xray_encoding import DEFAULT_DISPLAY_GAMMA, ENCODINGS
     from .io.xray_scatter import DEFAULT_SCATTER_FWHM_MM, DEFAULT_SCATTER_TO_PRIMARY
 
     g = p.add_argument_group("reading real radiographs")
-    g.add_argument("--xray-encoding", default="auto", choices=("auto", *ENCODINGS),
-                   help="how pixel values relate to the X-rays: auto (default: DICOM PixelIntensityRelationship; "
-                        "NRRD, PNG, TIFF, JPEG taken as line integrals), line-integral (bright = dense, linear), "
-                        "intensity (linear detector signal: -ln) or display (gamma-encoded film, bright = dense)")
+    g.add_argument("--xray-encoding", default="auto", type=_encoding_spec, metavar="ENCODING | VIEW=ENCODING,...",
+                   help=f"how pixel values relate to the X-rays ({', '.join(('auto', *ENCODINGS))}): auto (default: "
+                        "DICOM PixelIntensityRelationship; NRRD, PNG, TIFF, JPEG taken as line integrals), "
+                        "line-integral (bright = dense, linear), intensity (linear detector signal: -ln) or display "
+                        "(a film for viewing, bright = dense). One for both views, or per view, e.g. "
+                        "lateral=display (views left out: auto)")
     g.add_argument("--apply-voi", action=argparse.BooleanOptionalAction, default=False,
                    help="apply a DICOM VOI LUT/window before reading (default: no; never on LIN data)")
     g.add_argument("--display-gamma", type=float, default=DEFAULT_DISPLAY_GAMMA, metavar="GAMMA",

@@ -18,11 +18,12 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Mapping, Union
 
 import numpy as np
 
 from ..errors import InputError
+from ..geometry.biplanar import VIEW_NAMES
 from .xray import XRayImage, XRayNormalization, fit_xray_to_detector, read_xray
 from .xray_encoding import DEFAULT_DISPLAY_GAMMA, ENCODINGS, estimate_line_integral
 from .xray_geometry import film_scale, orient_to_view
@@ -37,16 +38,24 @@ RadiographInput = Union[str, os.PathLike, XRayImage]
 FILM_FORMATS = ("dicom", "png", "tiff", "jpeg")
 
 
+def _check_encoding(value: Any) -> None:
+    if value not in (None, "auto", *ENCODINGS):
+        raise InputError(None, f"unknown X-ray encoding {value!r}; choose auto, {', '.join(ENCODINGS)}")
+
+
 @dataclass(frozen=True)
 class RadiographOptions:
     """How real radiographs are read (the worker's and ``diffux2ct reconstruct``'s options).
 
     Attributes:
         xray_encoding: ``None``/``"auto"`` (DICOM tags; NRRD, PNG, TIFF, JPEG: line integrals),
-            ``"line-integral"``, ``"intensity"`` or ``"display"``; see ``xray_encoding.py``.
+            ``"line-integral"``, ``"intensity"`` or ``"display"``; see ``xray_encoding.py``. Or
+            one per view, ``{"lateral": "display"}`` (views left out: ``auto``), for a pair of
+            films stored differently; kept as sorted ``(view, encoding)`` pairs.
         apply_voi: apply a DICOM VOI LUT/window before reading (default False: a VOI is a
             display choice and a narrow window clips anatomy; never applied to LIN data).
-        display_gamma: the gamma inverted by the ``display`` encoding (default 2.2, sRGB-like).
+        display_gamma: the gamma inverted by the ``display`` encoding (default 1: grey levels
+            linear in the processed film, as viewers export them).
         pixel_spacing_mm: ``(row, col)`` detector pixel pitch, mm, for films without spacing.
         field_of_view_mm: ``(width,)`` or ``(width, height)`` of the whole image at the detector,
             mm, for films without spacing (square pixels when the height is left out).
@@ -56,7 +65,7 @@ class RadiographOptions:
         scatter_fwhm_mm: FWHM of the scatter kernel at the detector, mm (default 60).
     """
 
-    xray_encoding: str | None = None
+    xray_encoding: str | Mapping[str, str] | tuple[tuple[str, str], ...] | None = None
     apply_voi: bool = False
     display_gamma: float = DEFAULT_DISPLAY_GAMMA
     pixel_spacing_mm: tuple[float, float] | None = None
@@ -67,9 +76,16 @@ class RadiographOptions:
 
     def __post_init__(self) -> None:
         check_scatter_settings(self.scatter_to_primary, self.scatter_fwhm_mm)
-        if self.xray_encoding not in (None, "auto", *ENCODINGS):
-            raise InputError(None, f"unknown X-ray encoding {self.xray_encoding!r}; choose auto, "
-                                   f"{', '.join(ENCODINGS)}")
+        encodings = self.xray_encoding
+        if isinstance(encodings, (Mapping, tuple)):
+            pairs = tuple(sorted((str(k), v) for k, v in dict(encodings).items()))
+            for view, value in pairs:
+                if view not in VIEW_NAMES:
+                    raise InputError(None, f"unknown view {view!r} in the X-ray encoding; views: {', '.join(VIEW_NAMES)}")
+                _check_encoding(value)
+            object.__setattr__(self, "xray_encoding", pairs)
+        else:
+            _check_encoding(encodings)
         if not (math.isfinite(self.display_gamma) and self.display_gamma > 0):
             raise InputError(None, f"display gamma must be a positive number, got {self.display_gamma}")
         for name, value, sizes in (("pixel spacing", self.pixel_spacing_mm, (2,)),
@@ -82,8 +98,15 @@ class RadiographOptions:
                                        f"got {value!r}")
             object.__setattr__(self, "pixel_spacing_mm" if name == "pixel spacing" else "field_of_view_mm", numbers)
 
+    def encoding_for(self, view: str) -> str | None:
+        """The encoding asked for ``view`` (``None``: auto)."""
+        if isinstance(self.xray_encoding, tuple):
+            return dict(self.xray_encoding).get(view)
+        return self.xray_encoding
+
     def to_dict(self) -> dict[str, Any]:
-        return {"xray_encoding": self.xray_encoding or "auto", "apply_voi": self.apply_voi,
+        encoding = dict(self.xray_encoding) if isinstance(self.xray_encoding, tuple) else (self.xray_encoding or "auto")
+        return {"xray_encoding": encoding, "apply_voi": self.apply_voi,
                 "display_gamma": self.display_gamma,
                 "pixel_spacing_mm": list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
                 "field_of_view_mm": list(self.field_of_view_mm) if self.field_of_view_mm else None,
@@ -119,7 +142,7 @@ def load_line_integral(item: RadiographInput, view: str, options: RadiographOpti
     warnings = [str(w) for w in xray.metadata.get("warnings", [])]
     if xray.metadata.get("warnings"):
         xray = replace(xray, metadata={**xray.metadata, "warnings": []})  # reported once, here
-    xray, more = estimate_line_integral(xray, options.xray_encoding, options.display_gamma)
+    xray, more = estimate_line_integral(xray, options.encoding_for(view), options.display_gamma)
     warnings += more
     is_film = xray.metadata.get("format") in FILM_FORMATS and not xray.metadata.get("written_by_diffux2ct")
     if options.detect_overlays and xray.metadata.get("format") in FILM_FORMATS:

@@ -232,6 +232,35 @@ def test_film_style_reaches_the_network_like_the_clean_drr(drr, tmp_path, style)
         assert report["views"][view]["magnification"] == pytest.approx(MODEL.magnification)
 
 
+def test_a_mixed_pair_takes_an_encoding_per_view(drr, tmp_path):
+    """A DICOM AP read by its tags and a display PNG lateral: --xray-encoding lateral=display."""
+    from DiffuX2CTLib.worker import build_parser, reading_options
+
+    ap = log_minus("ap", drr["film"][0], tmp_path / "ap")
+    lateral = gamma_png("lateral", drr["film"][1], tmp_path / "lateral")
+    args = build_parser().parse_args(["--ap", "a", "--lateral", "l", "--checkpoint", "m", "--output", "o.nrrd",
+                                      "--xray-encoding", "lateral=display", "--display-gamma", "2.2",
+                                      "--pixel-spacing", ",".join(map(str, FILM.detector_spacing_mm))])
+    options = reading_options(args)
+    assert options.encoding_for("ap") is None and options.encoding_for("lateral") == "display"
+    assert options.to_dict()["xray_encoding"] == {"lateral": "display"}
+    report: dict = {}
+    r = correlations(prepare_xrays(ap, lateral, MODEL, NORM, options, report=report), drr["reference"])
+    assert min(r) >= MIN_CORRELATION, (r, report["warnings"])
+    assert report["views"]["ap"]["encoding_path"] == "LOG (sign -1) -> v - lo"
+    assert report["views"]["lateral"]["encoding_path"].startswith("display (gamma 2.2)")
+    assert not any("overrides the DICOM" in w for w in report["warnings"])
+    # one encoding for both views overrides the AP's DICOM tags, and says so
+    both = RadiographOptions(xray_encoding="display", display_gamma=2.2, pixel_spacing_mm=FILM.detector_spacing_mm)
+    report = {}
+    prepare_xrays(ap, lateral, MODEL, NORM, both, report=report)
+    assert any(w.startswith("ap (ap.dcm): --xray-encoding display overrides the DICOM") for w in report["warnings"])
+    with pytest.raises(InputError, match="unknown view 'pa'"):
+        RadiographOptions(xray_encoding={"pa": "display"})
+    with pytest.raises(InputError, match="unknown X-ray encoding 'film'"):
+        RadiographOptions(xray_encoding={"ap": "film"})
+
+
 def test_encoding_paths_and_warnings_say_what_was_done(drr, tmp_path):
     p = drr["film"][0]
     raw = read_xray(lin_processing("ap", p, tmp_path / "raw"))
