@@ -192,7 +192,7 @@ class DiffuX2CTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not path:
             return
         with slicer.util.tryWithErrorDisplay(_("Could not load the radiograph."), waitCursor=True):
-            node = self.logic.load_xray(path, view)
+            node = self.logic.load_xray(path, view, self._parameterNode)
             if view == "ap":
                 self._parameterNode.apVolume = node
             else:
@@ -426,8 +426,10 @@ class DiffuX2CTLogic(ScriptedLoadableModuleLogic):
         process = self.process
         return list(process.log_lines) if process is not None else []
 
-    def load_xray(self, path: str, view: str):
-        return self.impl.load_xray(path, view)
+    def load_xray(self, path: str, view: str, parameterNode=None):
+        """Load a film, shown as the worker will read it with the parameter node's reading options."""
+        settings = self.samplingSettings(parameterNode) if parameterNode is not None else None
+        return self.impl.load_xray(path, view, settings)
 
     def simulate_from_ct(self, ctNode, checkpoint: str):
         return self.impl.simulate_from_ct(ctNode, checkpoint)
@@ -456,18 +458,22 @@ class DiffuX2CTLogic(ScriptedLoadableModuleLogic):
         return dependencies.install_missing(PyTorchUtils.PyTorchUtilsLogic(), slicer.util.pip_install,
                                             ask_confirmation=False)
 
-    def startReconstruction(self, parameterNode, checkpoint: str, modelId: str, **callbacks):
+    @staticmethod
+    def samplingSettings(parameterNode):
+        """The parameter node's sampling and reading settings."""
         from DiffuX2CTSlicerLib.logic import SamplingSettings
 
         spacing = parameterNode.pixelSpacingMm
-        settings = SamplingSettings(steps=parameterNode.steps, sampler=parameterNode.sampler,
-                                    num_samples=parameterNode.numSamples, seed=parameterNode.seed,
-                                    device=parameterNode.device, xray_encoding=parameterNode.xrayEncoding,
-                                    apply_voi=parameterNode.applyVOI,
-                                    pixel_spacing=(spacing, spacing) if spacing > 0 else None,
-                                    scatter_to_primary=parameterNode.scatterToPrimary)
-        return self.impl.start(parameterNode.apVolume, parameterNode.lateralVolume, checkpoint, settings,
-                               model_id=modelId, **callbacks)
+        return SamplingSettings(steps=parameterNode.steps, sampler=parameterNode.sampler,
+                                num_samples=parameterNode.numSamples, seed=parameterNode.seed,
+                                device=parameterNode.device, xray_encoding=parameterNode.xrayEncoding,
+                                apply_voi=parameterNode.applyVOI,
+                                pixel_spacing=(spacing, spacing) if spacing > 0 else None,
+                                scatter_to_primary=parameterNode.scatterToPrimary)
+
+    def startReconstruction(self, parameterNode, checkpoint: str, modelId: str, **callbacks):
+        return self.impl.start(parameterNode.apVolume, parameterNode.lateralVolume, checkpoint,
+                               self.samplingSettings(parameterNode), model_id=modelId, **callbacks)
 
     def cancel(self) -> None:
         if self._impl is not None:

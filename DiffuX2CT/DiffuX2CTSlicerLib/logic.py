@@ -46,6 +46,14 @@ class SamplingSettings:
     pixel_spacing: tuple[float, float] | None = None
     scatter_to_primary: float | None = None
 
+    def reading_options(self) -> Any:
+        """The :class:`~DiffuX2CTLib.io.radiograph.RadiographOptions` the worker will read the films with."""
+        from DiffuX2CTLib.io.radiograph import RadiographOptions
+
+        extra = {} if self.scatter_to_primary is None else {"scatter_to_primary": self.scatter_to_primary}
+        return RadiographOptions(xray_encoding=self.xray_encoding, apply_voi=self.apply_voi,
+                                 pixel_spacing_mm=self.pixel_spacing, **extra)
+
 
 @dataclass
 class ReconstructionOutput:
@@ -81,11 +89,13 @@ class ReconstructionLogic:
         self._inputs_dir: str | None = None  # radiographs written for the worker (removed in cleanup)
 
     # --- inputs -----------------------------------------------------------------------------
-    def load_xray(self, path: str | os.PathLike, view: str) -> Any:
-        """Read a radiograph file into the scene (:func:`.xray_nodes.load_xray_node`)."""
+    def load_xray(self, path: str | os.PathLike, view: str, settings: SamplingSettings | None = None) -> Any:
+        """Read a radiograph file into the scene (:func:`.xray_nodes.load_xray_node`), shown as the
+        worker will read it with ``settings``' reading options (default: the worker's defaults)."""
         from .xray_nodes import load_xray_node
 
-        return load_xray_node(self.logics.scene, path, view)
+        return load_xray_node(self.logics.scene, path, view,
+                              options=settings.reading_options() if settings is not None else None)
 
     def simulate_from_ct(self, ct_node: Any, checkpoint: str | os.PathLike) -> Any:
         """AP and lateral DRRs of ``ct_node`` in the geometry of ``checkpoint`` (no torch model load)."""

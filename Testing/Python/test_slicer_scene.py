@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -173,3 +174,12 @@ def test_a_raw_detector_film_is_shown_as_the_model_reads_it(slicer_logics, tmp_p
     assert np.corrcoef(shown.ravel(), drr.ravel())[0, 1] > 0.95  # not inverted
     assert "LIN" in json.loads(node.GetAttribute("DiffuX2CT.XRayMetadata"))["encoding_path"]
     assert xray_file_for_worker(node, tmp_path, "ap") == str(dicom)
+    assert json.loads(node.GetAttribute("DiffuX2CT.XRayMetadata"))["scatter_correction"].startswith("scatter-to-primary")
+
+    # the logic shows a film as the run's reading options will read it (here: scatter removal off)
+    from DiffuX2CTSlicerLib.logic import ReconstructionLogic, SamplingSettings
+
+    settings = SamplingSettings(scatter_to_primary=0.0, pixel_spacing=(0.5, 0.5))
+    assert settings.reading_options().scatter_to_primary == 0.0 and settings.reading_options().pixel_spacing_mm == (0.5, 0.5)
+    plain = ReconstructionLogic(slicer_logics, sys.executable).load_xray(dicom, "ap", settings)
+    assert json.loads(plain.GetAttribute("DiffuX2CT.XRayMetadata"))["scatter_correction"] == "off"
