@@ -177,9 +177,8 @@ def _initialise_from(model: nn.Module, ema: EMA, path: str, network_config, geom
     if loaded.info.geometry.hash != geometry.hash:
         raise InputError(Path(path), f"config key 'train.init_from': its geometry {loaded.info.geometry.name!r} "
                                      f"({loaded.info.geometry.hash}) differs from the config's ({geometry.hash})")
-    with torch.no_grad():
-        for target in (model, ema.shadow):
-            target.load_state_dict(loaded.model.state_dict(), strict=True)
+    for target in (model, ema.shadow):
+        target.load_state_dict(loaded.model.state_dict(), strict=True)
 
 
 def _train(config: TrainConfig, dist_info: DistInfo, stop: StopRequest, resume: bool, progress: bool,

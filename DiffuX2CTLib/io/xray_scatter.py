@@ -82,6 +82,17 @@ def smooth_scatter_blur(image: np.ndarray, sigma_mm: float, spacing_mm: tuple[fl
     return full[:rows, :cols]
 
 
+def _relative_signal(line_integrals: np.ndarray, field: np.ndarray | None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """``(p, inside, I, reference)``: the line integrals as float64, the field mask, the relative
+    signal ``I = exp(-(p - reference))`` (<= 1 inside the field, 0 outside) and ``reference``,
+    the smallest line integral in the field (0 for an empty field)."""
+    p = np.asarray(line_integrals, np.float64)
+    inside = np.ones(p.shape, bool) if field is None else np.asarray(field, bool)
+    reference = float(np.min(p[inside])) if inside.any() else 0.0
+    return p, inside, np.where(inside, np.exp(-(p - reference)), 0.0), reference
+
+
 def scatter_bound(line_integrals: np.ndarray, spacing_mm: tuple[float, float], fwhm_mm: float,
                   field: np.ndarray | None = None) -> float:
     """About the largest scatter-to-primary ratio the film allows: a guard against over-correction.
@@ -94,12 +105,9 @@ def scatter_bound(line_integrals: np.ndarray, spacing_mm: tuple[float, float], f
     dense its densest anatomy is); under narrow dense structures it can fall below the true ratio,
     which only makes the correction milder.
     """
-    p = np.asarray(line_integrals, np.float64)
-    inside = np.ones(p.shape, bool) if field is None else np.asarray(field, bool)
+    _, inside, measured, _ = _relative_signal(line_integrals, field)
     if not inside.any():
         return 0.0
-    reference = float(np.min(p[inside]))
-    measured = np.where(inside, np.exp(-(p - reference)), 0.0)
     smooth = smooth_scatter_blur(measured, NOISE_SIGMA_MM, spacing_mm)
     blurred = smooth_scatter_blur(measured, fwhm_mm / FWHM_PER_SIGMA, spacing_mm)
     ratio = smooth[inside] / np.maximum(blurred[inside], np.finfo(np.float64).tiny)
@@ -115,12 +123,9 @@ def remove_scatter(line_integrals: np.ndarray, spacing_mm: tuple[float, float], 
     limits where scatter arises and is removed (pixels outside keep their values).
     """
     check_scatter_settings(scatter_to_primary, fwhm_mm)
-    p = np.asarray(line_integrals, np.float64)
     if scatter_to_primary == 0.0:
-        return p.copy()
-    inside = np.ones(p.shape, bool) if field is None else np.asarray(field, bool)
-    reference = float(np.min(p[inside])) if inside.any() else 0.0
-    measured = np.where(inside, np.exp(-(p - reference)), 0.0)  # relative signal, <= 1, 0 outside the field
+        return np.array(line_integrals, np.float64)
+    p, inside, measured, reference = _relative_signal(line_integrals, field)
     sigma = fwhm_mm / FWHM_PER_SIGMA
     primary = measured / (1.0 + scatter_to_primary)
     floor = MIN_PRIMARY_FRACTION * measured
