@@ -35,3 +35,10 @@ class CheckpointError(InputError):
 
 class CancelledError(DiffuX2CTError):
     """A long-running job was cancelled by the user; nothing was written."""
+
+
+def error_line(exc: BaseException) -> str:
+    """The first line of ``str(exc)``, or the exception's type name when it has no message: what
+    a command-line tool prints after ``error:``."""
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from DiffuX2CTLib.errors import DiffuX2CTError, InputError
+from DiffuX2CTLib.errors import DiffuX2CTError, InputError, error_line
 
 DEFAULT_INTENDED_USE = "research and demonstration only, not for clinical use"
 
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = export(args)
     except (DiffuX2CTError, OSError) as exc:
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2
     print(json.dumps(result))
     return 0

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from DiffuX2CTLib.errors import DiffuX2CTError, InputError
+from DiffuX2CTLib.errors import DiffuX2CTError, InputError, error_line
 
 
 def upgrade(weights: Path, registry_path: Path | None) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = upgrade(args.checkpoint, args.registry)
     except (DiffuX2CTError, OSError) as exc:
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2
     print(json.dumps(result))
     return 0
