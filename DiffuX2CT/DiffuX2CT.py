@@ -68,7 +68,7 @@ class DiffuX2CTParameterNode:
     simulationCT: a CT to simulate both radiographs from.
     steps, sampler, numSamples, seed, device: sampling settings.
     xrayEncoding, applyVOI, pixelSpacingMm, scatterToPrimary: how real films are read (0 mm: from
-        the file; scatter removed from raw linear films, 0 = off).
+        the file; scatter removed from films, 0 = off).
     renderVolume, segmentBone: what to add to the scene after a run.
     reconstruction, groundTruth: the volumes to compare.
     """

@@ -53,7 +53,7 @@ def resolve_device(device: str = "auto") -> "torch.device":  # noqa: F821
 
 
 def prepare_xrays(ap: XRayInput, lateral: XRayInput, geometry, normalization, options=None, *,
-                  report: dict | None = None) -> np.ndarray:
+                  report: dict | None = None, mu_water_per_mm: float | None = None) -> np.ndarray:
     """Both views on the geometry's detector grid, normalised to [-1, 1]: ``(2, rows, cols)``.
 
     Files and :class:`XRayImage` inputs go through the reading chain of
@@ -63,7 +63,9 @@ def prepare_xrays(ap: XRayInput, lateral: XRayInput, geometry, normalization, op
     view orientation, scale at the isocentre. A film without pixel spacing is refused unless the
     options give one. A plain array must already be ``geometry.detector_shape`` line integrals.
     ``report``, if given, receives ``"warnings"`` (list of str) and ``"views"`` (per-view summary).
+    ``mu_water_per_mm`` is the model's (default: the library's); it sets the scale prior of log films.
     """
+    from .io.intensity import MU_WATER_PER_MM
     from .io.radiograph import prepare_radiograph
 
     views, warnings, summaries = [], [], {}
@@ -74,7 +76,8 @@ def prepare_xrays(ap: XRayInput, lateral: XRayInput, geometry, normalization, op
             views.append(normalization.normalize_numpy(item.astype(np.float32)))
             summaries[view] = {"file": None, "format": "array", "encoding_path": "line-integral -> as is"}
         else:
-            prepared = prepare_radiograph(item, view, geometry, normalization, options)
+            prepared = prepare_radiograph(item, view, geometry, normalization, options,
+                                          MU_WATER_PER_MM if mu_water_per_mm is None else mu_water_per_mm)
             views.append(prepared.pixels)
             warnings += prepared.warnings
             summaries[view] = prepared.summary
@@ -131,7 +134,8 @@ def reconstruct(
     loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, device=str(dev))
     info, model = loaded.info, loaded.model.to(dev).eval()
     report: dict = {}
-    xrays = prepare_xrays(ap, lateral, info.geometry, info.xray_normalization, reading, report=report)
+    xrays = prepare_xrays(ap, lateral, info.geometry, info.xray_normalization, reading, report=report,
+                          mu_water_per_mm=info.mu_water_per_mm)
     xrays = torch.from_numpy(xrays)[None].to(dev)
     use_bf16 = dev.type == "cuda"
     shape = (num_samples, info.network.in_channels, *info.geometry.volume_shape)

@@ -175,9 +175,9 @@ def add_reading_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--detect-overlays", action=argparse.BooleanOptionalAction, default=True,
                    help="find burned-in labels and collimation borders in films and leave them out (default: yes)")
     g.add_argument("--scatter-to-primary", type=float, default=DEFAULT_SCATTER_TO_PRIMARY, metavar="SPR",
-                   help=f"scatter removed from linear detector data (LIN, --xray-encoding intensity), as a fraction "
-                        f"of the primary, in [0, 1) (default {DEFAULT_SCATTER_TO_PRIMARY:g}: a chest film with a grid; "
-                        "0 = off)")
+                   help=f"scatter removed from films, as a fraction of the primary, in [0, 1) (default "
+                        f"{DEFAULT_SCATTER_TO_PRIMARY:g}: a chest film with a grid; 0 = off); the scale of log and "
+                        "display films is estimated from a body prior")
     g.add_argument("--scatter-fwhm-mm", type=float, default=DEFAULT_SCATTER_FWHM_MM, metavar="MM",
                    help=f"FWHM of the scatter kernel at the detector (default {DEFAULT_SCATTER_FWHM_MM:g} mm)")
 

@@ -33,7 +33,10 @@ Figures:
   Sampler: the default, 25 steps, seed 0;
 * scatter sensitivity: the input r of FOR PROCESSING raw films made with true scatter-to-primary
   ratios 0, 0.2, 0.4 and 0.8, read with the reader's scatter removal (its defaults, 0.3 and
-  60 mm) and without it: what the assumed ratio costs when it is wrong.
+  60 mm) and without it: what the assumed ratio costs when it is wrong;
+* prior sensitivity: the same for presentation films, whose log scale the reader estimates from
+  a body prior (``DiffuX2CTLib.io.xray_scatter.estimate_log_scale``), with other true ratios and
+  with the line integrals scaled by 0.75 and 1.25 (a thinner or thicker patient).
 
 Targets: every style's input correlation >= 0.98; with augmentation, the MAE on realistic films
 within 10% of the MAE on clean DRRs. Ends with one JSON line ``{"radiographs": {...}}``.
@@ -149,32 +152,62 @@ def network_inputs(files: dict[str, Path], geometry, normalization, encoding: st
 
 #: Scatter-to-primary ratios of the raw films in the scatter sensitivity table (0 = no scatter at all).
 SENSITIVITY_SPR = (0.0, 0.2, 0.4, 0.8)
+#: Presentation films of the prior sensitivity table: (label, true scatter-to-primary, body scale).
+#: A body scale multiplies the line integrals: a patient that much thinner or thicker in water
+#: equivalent (the clean network input, normalised per image, does not change).
+PRIOR_CASES = (("spr 0", 0.0, 1.0), ("spr 0.2", 0.2, 1.0), ("spr 0.4", 0.4, 1.0), ("spr 0.8", 0.8, 1.0),
+               ("body x0.75, spr 0.4", 0.4, 0.75), ("body x1.25, spr 0.4", 0.4, 1.25))
+
+
+def _sensitivity_row(cases, geometry, normalization, clean_inputs, folder: Path, seed: int, config,
+                     body_scale: float = 1.0) -> dict:
+    """Input r of one film configuration over all cases, read with and without scatter removal."""
+    import dataclasses
+
+    import numpy as np
+
+    from DiffuX2CTLib.io.radiograph import RadiographOptions, prepare_radiograph
+    from DiffuX2CTLib.radiograph.simulation import simulate_films, write_film_files
+
+    files = []
+    for record, _, sim in cases:
+        target = folder / record.case_id
+        target.mkdir(parents=True, exist_ok=True)
+        scaled = dataclasses.replace(sim, line_integrals=sim.line_integrals * body_scale)
+        names = write_film_files(target, simulate_films(scaled, config, seed=seed))
+        files += [(target / names[view]["dicom_dx_film"], view) for view in geometry.views]
+    row = {}
+    for label, options in (("corrected", RadiographOptions()), ("uncorrected", RadiographOptions(scatter_to_primary=0.0))):
+        got = np.stack([prepare_radiograph(path, view, geometry, normalization, options).pixels for path, view in files])
+        row[label] = round(correlation(got, np.stack(clean_inputs)), 4)
+    return row
 
 
 def scatter_sensitivity(cases, geometry, normalization, clean_inputs, folder: Path, seed: int) -> dict:
     """Input r of FOR PROCESSING raw films of several true scatter ratios, read with and without the
     reader's scatter removal (its defaults): ``{true spr: {"corrected": r, "uncorrected": r}}``."""
-    import numpy as np
-
-    from DiffuX2CTLib.io.radiograph import RadiographOptions, prepare_radiograph
     from DiffuX2CTLib.radiograph.film import ScatterConfig
     from DiffuX2CTLib.radiograph.presets import film_preset
-    from DiffuX2CTLib.radiograph.simulation import simulate_films, write_film_files
 
     table = {}
     for spr in SENSITIVITY_SPR:
         config = film_preset("processing-raw").replace(scatter=ScatterConfig(spr, 60.0) if spr > 0 else None)
-        files = []
-        for record, _, sim in cases:
-            target = folder / record.case_id / f"raw_spr{spr:g}"
-            target.mkdir(parents=True, exist_ok=True)
-            names = write_film_files(target, simulate_films(sim, config, seed=seed))
-            files += [(target / names[view]["dicom_dx_film"], view) for view in geometry.views]
-        row = {}
-        for label, options in (("corrected", RadiographOptions()), ("uncorrected", RadiographOptions(scatter_to_primary=0.0))):
-            got = np.stack([prepare_radiograph(path, view, geometry, normalization, options).pixels for path, view in files])
-            row[label] = round(correlation(got, np.stack(clean_inputs)), 4)
-        table[f"{spr:g}"] = row
+        table[f"{spr:g}"] = _sensitivity_row(cases, geometry, normalization, clean_inputs,
+                                             folder / f"raw_spr{spr:g}", seed, config)
+    return table
+
+
+def prior_sensitivity(cases, geometry, normalization, clean_inputs, folder: Path, seed: int) -> dict:
+    """Input r of presentation films (scale estimated from the body prior) for :data:`PRIOR_CASES`,
+    read with and without scatter removal: ``{label: {"corrected": r, "uncorrected": r}}``."""
+    from DiffuX2CTLib.radiograph.film import ScatterConfig
+    from DiffuX2CTLib.radiograph.presets import film_preset
+
+    table = {}
+    for label, spr, body in PRIOR_CASES:
+        config = film_preset("presentation").replace(scatter=ScatterConfig(spr, 60.0) if spr > 0 else None)
+        table[label] = _sensitivity_row(cases, geometry, normalization, clean_inputs,
+                                        folder / f"presentation_spr{spr:g}_body{body:g}", seed, config, body)
     return table
 
 
@@ -241,6 +274,7 @@ def main(argv=None) -> int:
 
     clean = inputs["clean"]["new"]
     sensitivity = scatter_sensitivity(cases, geometry, normalization, clean, args.out / "films", args.seed)
+    prior = prior_sensitivity(cases, geometry, normalization, clean, args.out / "films", args.seed)
     corr_after = {s: round(correlation(inputs[s]["new"], clean), 4) for s in FILM_STYLES}
     corr_before = {s: round(correlation(inputs[s]["old"], clean), 4) for s in FILM_STYLES}
     truths = [truth for _, truth, _ in cases]
@@ -272,10 +306,16 @@ def main(argv=None) -> int:
     print("|---:|---:|---:|")
     for spr, row in sensitivity.items():
         print(f"| {spr} | {row['corrected']:.4f} | {row['uncorrected']:.4f} |")
+    print()
+    print("Presentation films, scale estimated from the body prior, for other true ratios and body sizes:")
+    print("| film | input r, corrected | input r, uncorrected |")
+    print("|---|---:|---:|")
+    for label, row in prior.items():
+        print(f"| {label} | {row['corrected']:.4f} | {row['uncorrected']:.4f} |")
     print("reproduce: .venv/bin/python benchmarks/radiographs.py" + (" --quick" if args.quick else ""))
     print(json.dumps({"radiographs": {"input_correlation": corr_after, "input_correlation_before": corr_before,
                                       "mae_hu": mae_with, "mae_hu_without_augmentation": mae_without,
-                                      "scatter_sensitivity": sensitivity},
+                                      "scatter_sensitivity": sensitivity, "prior_sensitivity": prior},
                       "total_seconds": round(total, 1)}))
     return 0
 

@@ -33,7 +33,7 @@ class SamplingSettings:
     """How to sample: steps, sampler (``None`` = the worker's default), samples, seed, device;
     and how to read real films: encoding (``None``/``"auto"``: from the DICOM tags), whether to
     apply a DICOM VOI window, the pixel spacing ``(row, col)`` mm for films without one, and the
-    scatter-to-primary ratio removed from raw linear films (``None`` = the worker's default)."""
+    scatter-to-primary ratio removed from films (``None`` = the worker's default)."""
 
     steps: int = 25
     sampler: str | None = None

@@ -3,7 +3,7 @@
 1. :func:`~DiffuX2CTLib.io.xray.read_xray` (DICOM checks and tags, PNG/TIFF/JPEG/NRRD);
 2. :func:`~DiffuX2CTLib.io.xray_encoding.estimate_line_integral` (LIN/LOG/DISP, -ln, gamma);
 3. :func:`~DiffuX2CTLib.io.xray_overlays.mask_overlays` (burned-in labels, collimation; films only);
-   :func:`~DiffuX2CTLib.io.xray_scatter.correct_scatter` (linear detector data only; films only);
+   :func:`~DiffuX2CTLib.io.xray_scatter.correct_scatter` (films only; the scale of log films estimated);
 4. :func:`~DiffuX2CTLib.io.xray_geometry.orient_to_view` (PatientOrientation, ViewPosition);
 5. :func:`~DiffuX2CTLib.io.xray_geometry.film_scale` (pixel size at the isocentre);
 6. :func:`~DiffuX2CTLib.io.xray.fit_xray_to_detector` onto the model's detector grid;
@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..geometry.biplanar import VIEW_NAMES
+from .intensity import MU_WATER_PER_MM
 from .xray import XRayImage, XRayNormalization, fit_xray_to_detector, read_xray
 from .xray_encoding import DEFAULT_DISPLAY_GAMMA, ENCODINGS, estimate_line_integral
 from .xray_geometry import film_scale, orient_to_view
@@ -131,9 +132,12 @@ class PreparedRadiograph:
     image: XRayImage | None = None
 
 
-def load_line_integral(item: RadiographInput, view: str, options: RadiographOptions | None = None
-                       ) -> tuple[XRayImage, list[str]]:
-    """Steps 1-4: the film as a line-integral estimate in the model's ``view`` orientation."""
+def load_line_integral(item: RadiographInput, view: str, options: RadiographOptions | None = None,
+                       mu_water_per_mm: float = MU_WATER_PER_MM) -> tuple[XRayImage, list[str]]:
+    """Steps 1-4: the film as a line-integral estimate in the model's ``view`` orientation.
+
+    ``mu_water_per_mm`` is the model's (its DRR energy); it sets the scale prior of log films.
+    """
     options = options or RadiographOptions()
     if isinstance(item, XRayImage):
         xray = item
@@ -149,7 +153,8 @@ def load_line_integral(item: RadiographInput, view: str, options: RadiographOpti
         xray, more = mask_overlays(xray)
         warnings += more
     if is_film:
-        xray, more = correct_scatter(xray, options.scatter_to_primary, options.scatter_fwhm_mm)
+        xray, more = correct_scatter(xray, options.scatter_to_primary, options.scatter_fwhm_mm, view,
+                                      mu_water_per_mm)
         warnings += more
     xray, more = orient_to_view(xray, view)
     return xray, warnings + more
@@ -157,7 +162,8 @@ def load_line_integral(item: RadiographInput, view: str, options: RadiographOpti
 
 def prepare_radiograph(item: RadiographInput, view: str, geometry: "BiplanarGeometry",
                        normalization: XRayNormalization | None = None,
-                       options: RadiographOptions | None = None) -> PreparedRadiograph:
+                       options: RadiographOptions | None = None,
+                       mu_water_per_mm: float = MU_WATER_PER_MM) -> PreparedRadiograph:
     """The network input for ``view`` from a file or :class:`XRayImage` (module docstring).
 
     Raises :class:`InputError` (one line naming the file) for anything that cannot be used:
@@ -167,7 +173,7 @@ def prepare_radiograph(item: RadiographInput, view: str, geometry: "BiplanarGeom
     normalization = normalization or XRayNormalization()
     if view not in geometry.views:
         raise InputError(getattr(item, "path", item), f"view {view!r} is not part of geometry {geometry.name!r}")
-    xray, warnings = load_line_integral(item, view, options)
+    xray, warnings = load_line_integral(item, view, options, mu_water_per_mm)
     scale, more = film_scale(xray, geometry, options.pixel_spacing_mm, options.field_of_view_mm)
     warnings += more
     fitted = fit_xray_to_detector(replace(xray, spacing_mm=scale.model_detector_spacing_mm), geometry, view)

@@ -45,6 +45,9 @@ if TYPE_CHECKING:  # pragma: no cover
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 _SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".nii", ".nii.gz", ".hdr", ".img")
 _PNG_SPACING_KEY = "spacing_mm"
+#: PNG text chunk that marks a simulated film (``write_film_png``): read as a film, not as a
+#: normalised line-integral image, although it carries ``spacing_mm``.
+PNG_KIND_KEY = "diffux2ct_kind"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,7 +276,10 @@ def _read_pillow(p: Path, kind: str) -> XRayImage:
         except ValueError as exc:
             raise InputError(p, f"invalid {_PNG_SPACING_KEY} text chunk {text[_PNG_SPACING_KEY]!r}") from exc
         metadata["spacing_source"] = f"PNG text chunk {_PNG_SPACING_KEY}"
-        metadata["written_by_diffux2ct"] = True  # write_png16: a normalised line-integral image
+        if text.get(PNG_KIND_KEY) == "film":
+            metadata["simulated_film"] = True
+        else:
+            metadata["written_by_diffux2ct"] = True  # write_png16: a normalised line-integral image
     return XRayImage(arr, spacing, str(p), metadata)
 
 
@@ -572,6 +578,7 @@ def write_xray_nrrd(path: str | os.PathLike, pixels: np.ndarray, spacing_mm: tup
 
 
 __all__ = [
+    "PNG_KIND_KEY",
     "DetectorImage",
     "XRayImage",
     "XRayNormalization",

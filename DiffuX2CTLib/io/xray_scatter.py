@@ -13,14 +13,18 @@ or, if smaller, what the film allows (:func:`scatter_bound`): the signal under t
 cannot be less than the scatter. The blur runs on a copy
 downsampled to about ``fwhm / 15`` pixels (the kernel is smooth), through SciPy.
 
-This needs the detector signal up to a constant factor, i.e. line integrals in their natural
-unit: the ``intensity`` path (DICOM ``LIN`` data or ``--xray-encoding intensity``). A log or
-display-processed film is an unknown affine function of ``-ln I`` (its scale set by the
-system's processing), so scatter cannot be removed from it; it is left alone with a warning.
+The step works on the detector signal up to a constant factor, i.e. on line integrals in
+their natural unit (nepers). Linear detector data (DICOM ``LIN``, ``--xray-encoding intensity``)
+give that directly. A log or display-processed film stores an unknown affine function of
+``-ln I``: its offset does not matter (a constant factor of ``I``), but its scale does. That
+scale is estimated (:func:`estimate_log_scale`) from a body prior: the scale at which the
+corrected film spans ``mu_water * WATER_EQUIVALENT_RANGE_MM[view]`` nepers between the 0.5th and
+99.5th percentiles of its field, i.e. at which its densest part lies behind as much water as in
+a typical adult chest or abdomen. The prior was measured on the five training scans of the
+learning benchmark (250 mm AP, 325 mm lateral; the scans ranged 204-271 mm and 308-350 mm).
 The defaults, ``spr = 0.3`` and a 60 mm FWHM kernel, are a chest film taken with an
 anti-scatter grid; ``spr = 0`` turns the step off. Measured effects are in
-``benchmarks/RESULTS.md`` (the correction helps when the true ratio is 0.3-0.8, and costs a
-little when it is 0.2).
+``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import InputError
+from .intensity import MU_WATER_PER_MM
 from .xray import XRayImage
 
 DEFAULT_SCATTER_TO_PRIMARY = 0.3
@@ -42,11 +47,23 @@ ITERATIONS = 10
 #: Downsampled pixels per kernel FWHM for the scatter blur.
 PIXELS_PER_FWHM = 15.0
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
-#: Percentile of I / G(I) over the field that bounds the scatter ratio, and the smoothing (mm) against noise.
-BOUND_PERCENTILE = 0.0
+#: Percentile of I / G(I) over the field that bounds the scatter ratio (not the minimum, which one
+#: undetected lead marker or noise spike would set), and the smoothing (mm) against noise.
+BOUND_PERCENTILE = 0.5
 #: Fraction of the bound used at most: at the bound itself the densest pixel would be all scatter.
 BOUND_FRACTION = 0.5
 NOISE_SIGMA_MM = 2.0
+#: Water-equivalent thickness (mm) behind the densest part of a film's field, by view: the prior
+#: that sets the scale of log and display films (module docstring).
+WATER_EQUIVALENT_RANGE_MM = {"ap": 250.0, "lateral": 325.0}
+#: Percentiles of the field whose difference is compared with the prior.
+RANGE_PERCENTILES = (0.5, 99.5)
+#: The scale is estimated on a copy block-averaged to pixels of at least this size (mm).
+ESTIMATE_PIXEL_MM = 2.0
+#: Bisection steps of the scale estimate (each halves the log of the bracket).
+ESTIMATE_STEPS = 10
+#: Encodings whose scale of ``-ln I`` is unknown and estimated.
+ESTIMATED_SCALE_ENCODINGS = ("log", "display", "displayed", "line-integral")
 
 
 def check_scatter_settings(scatter_to_primary: float, fwhm_mm: float, path=None) -> None:
@@ -68,11 +85,8 @@ def smooth_scatter_blur(image: np.ndarray, sigma_mm: float, spacing_mm: tuple[fl
 
     rows, cols = image.shape
     target = sigma_mm * FWHM_PER_SIGMA / PIXELS_PER_FWHM
-    factors = [max(1, int(target // s)) for s in spacing_mm]
-    fr, fc = factors
-    pr, pc = -rows % fr, -cols % fc
-    padded = np.pad(np.asarray(image, np.float64), ((0, pr), (0, pc)), mode="symmetric")
-    small = padded.reshape(padded.shape[0] // fr, fr, padded.shape[1] // fc, fc).mean(axis=(1, 3))
+    fr, fc = (max(1, int(target // s)) for s in spacing_mm)
+    small = _block_average(np.asarray(image, np.float64), (fr, fc))
     small = ndimage.gaussian_filter(small, (sigma_mm / (spacing_mm[0] * fr), sigma_mm / (spacing_mm[1] * fc)),
                                     mode="reflect", truncate=4.0)
     if fr == fc == 1:
@@ -80,6 +94,15 @@ def smooth_scatter_blur(image: np.ndarray, sigma_mm: float, spacing_mm: tuple[fl
     # back to full size: linear interpolation with the blocks' centres aligned (grid_mode)
     full = ndimage.zoom(small, (fr, fc), order=1, mode="reflect", grid_mode=True)
     return full[:rows, :cols]
+
+
+def _block_average(image: np.ndarray, factors: tuple[int, int]) -> np.ndarray:
+    """Means of ``factors``-sized blocks (the image padded by mirroring to a multiple of them)."""
+    fr, fc = factors
+    if fr == fc == 1:
+        return image
+    padded = np.pad(image, ((0, -image.shape[0] % fr), (0, -image.shape[1] % fc)), mode="symmetric")
+    return padded.reshape(padded.shape[0] // fr, fr, padded.shape[1] // fc, fc).mean(axis=(1, 3))
 
 
 def _relative_signal(line_integrals: np.ndarray, field: np.ndarray | None
@@ -136,43 +159,115 @@ def remove_scatter(line_integrals: np.ndarray, spacing_mm: tuple[float, float], 
     return np.where(inside, corrected, p)
 
 
-def correct_scatter(xray: XRayImage, scatter_to_primary: float = DEFAULT_SCATTER_TO_PRIMARY,
-                    fwhm_mm: float = DEFAULT_SCATTER_FWHM_MM) -> tuple[XRayImage, list[str]]:
-    """Apply :func:`remove_scatter` to a line-integral estimate from the ``intensity`` path.
+def _guarded_removal(line_integrals: np.ndarray, spacing_mm: tuple[float, float], scatter_to_primary: float,
+                     fwhm_mm: float, field: np.ndarray | None) -> tuple[np.ndarray, float, float]:
+    """``(corrected, ratio used, bound)``: :func:`remove_scatter` with the assumed ratio capped at
+    ``BOUND_FRACTION`` of :func:`scatter_bound`."""
+    bound = scatter_bound(line_integrals, spacing_mm, fwhm_mm, field)
+    used = min(scatter_to_primary, BOUND_FRACTION * bound)
+    return remove_scatter(line_integrals, spacing_mm, used, fwhm_mm, field), used, bound
 
-    Other encodings are returned unchanged, with a warning that scatter was not removed (unless
-    ``scatter_to_primary`` is 0). ``metadata["scatter_correction"]`` records what was done.
-    Needs the film's pixel spacing (the kernel is in mm); without it the step is skipped with a
-    warning.
+
+def _field_range(values: np.ndarray, field: np.ndarray) -> float:
+    lo, hi = np.percentile(values[field], RANGE_PERCENTILES)
+    return float(hi - lo)
+
+
+def estimate_log_scale(values: np.ndarray, spacing_mm: tuple[float, float], view: str, scatter_to_primary: float,
+                       fwhm_mm: float, field: np.ndarray | None = None,
+                       mu_water_per_mm: float = MU_WATER_PER_MM) -> float:
+    """Nepers of ``-ln I`` per unit of ``values`` (bright = dense, any offset) for a log or display film.
+
+    The scale ``k`` at which the film, with the assumed ``scatter_to_primary`` removed, spans
+    ``mu_water_per_mm * WATER_EQUIVALENT_RANGE_MM[view]`` nepers between the
+    ``RANGE_PERCENTILES`` of its field (:func:`correct_scatter` then applies the bound as usual). The corrected range grows with ``k``,
+    and the removal adds at most ``ln(1 / MIN_PRIMARY_FRACTION)``, so ``k`` is bracketed and found
+    by bisection, on a copy block-averaged to ``ESTIMATE_PIXEL_MM`` pixels.
+    Raises :class:`InputError` for an unknown view or a constant field.
+    """
+    if view not in WATER_EQUIVALENT_RANGE_MM:
+        raise InputError(None, f"no water-equivalent range known for view {view!r}; views: "
+                               f"{', '.join(WATER_EQUIVALENT_RANGE_MM)}")
+    values = np.asarray(values, np.float64)
+    inside = np.ones(values.shape, bool) if field is None else np.asarray(field, bool)
+    factors = tuple(max(1, int(ESTIMATE_PIXEL_MM // s)) for s in spacing_mm)
+    small = _block_average(np.where(inside, values, 0.0), factors)
+    small_field = _block_average(inside.astype(np.float64), factors) > 0.999
+    if not small_field.any():
+        small, small_field, factors = values, inside, (1, 1)
+    small_spacing = (spacing_mm[0] * factors[0], spacing_mm[1] * factors[1])
+    measured = _field_range(small, small_field) if small_field.any() else 0.0
+    if not measured > 0:
+        raise InputError(None, "the film's field is constant: no scale of -ln(I) can be estimated")
+    target = mu_water_per_mm * WATER_EQUIVALENT_RANGE_MM[view]
+
+    def corrected_range(k: float) -> float:
+        return _field_range(remove_scatter(small * k, small_spacing, scatter_to_primary, fwhm_mm, small_field),
+                            small_field)
+
+    high = target / measured  # no scatter removed: the film alone spans the target
+    low = max(target - math.log(1.0 / MIN_PRIMARY_FRACTION), 0.25 * target) / measured
+    for _ in range(ESTIMATE_STEPS):
+        middle = math.sqrt(low * high)
+        if corrected_range(middle) > target:
+            high = middle
+        else:
+            low = middle
+    return math.sqrt(low * high)
+
+
+def correct_scatter(xray: XRayImage, scatter_to_primary: float = DEFAULT_SCATTER_TO_PRIMARY,
+                    fwhm_mm: float = DEFAULT_SCATTER_FWHM_MM, view: str | None = None,
+                    mu_water_per_mm: float = MU_WATER_PER_MM) -> tuple[XRayImage, list[str]]:
+    """Apply :func:`remove_scatter` to a film's line-integral estimate (module docstring).
+
+    ``intensity`` data are corrected as they are; ``log``, ``display``, ``displayed`` and
+    ``line-integral`` films first get their scale from :func:`estimate_log_scale` (which needs
+    ``view``, ``"ap"`` or ``"lateral"``, and the model's ``mu_water_per_mm``), and are returned in
+    their own unit. ``metadata["scatter_correction"]`` records what was done, and a warning says
+    it. Needs the film's pixel spacing (the kernel is in mm); without it, or without a view for a
+    film of unknown scale, the step is skipped with a warning.
     """
     check_scatter_settings(scatter_to_primary, fwhm_mm, xray.path)
     md = xray.metadata
     if scatter_to_primary == 0.0:
         return replace(xray, metadata={**md, "scatter_correction": "off"}), []
-    if md.get("encoding") != "intensity":
-        kind = md.get("encoding") or "unknown"
+    kind = md.get("encoding") or "unknown"
+    if kind != "intensity" and (kind not in ESTIMATED_SCALE_ENCODINGS or view not in WATER_EQUIVALENT_RANGE_MM):
         return (replace(xray, metadata={**md, "scatter_correction": f"not possible ({kind} data)"}),
-                [f"scatter not removed: a {kind} image has no known scale of -ln(I) (only linear detector "
-                 "data can be corrected)"])
+                [f"scatter not removed: a {kind} image has no known scale of -ln(I)"])
     if xray.spacing_mm is None:
         return (replace(xray, metadata={**md, "scatter_correction": "skipped (no pixel spacing)"}),
                 ["scatter not removed: the film has no pixel spacing for the scatter kernel"])
-    bound = scatter_bound(xray.pixels, xray.spacing_mm, fwhm_mm, xray.valid_mask)
-    used = min(scatter_to_primary, BOUND_FRACTION * bound)
-    corrected = remove_scatter(xray.pixels, xray.spacing_mm, used, fwhm_mm, xray.valid_mask)
+    scale, how = 1.0, ""
+    if kind != "intensity":
+        try:
+            scale = estimate_log_scale(xray.pixels, xray.spacing_mm, view, scatter_to_primary, fwhm_mm,
+                                       xray.valid_mask, mu_water_per_mm)
+        except InputError as exc:
+            return (replace(xray, metadata={**md, "scatter_correction": f"not possible ({exc.problem})"}),
+                    [f"scatter not removed: {exc.problem}"])
+        how = (f", on a {kind} scale estimated at {1.0 / scale:.4g} units per neper (the field's densest part "
+               f"behind {WATER_EQUIVALENT_RANGE_MM[view]:g} mm of water)")
+    corrected, used, bound = _guarded_removal(np.asarray(xray.pixels, np.float64) * scale, xray.spacing_mm,
+                                              scatter_to_primary, fwhm_mm, xray.valid_mask)
     note = f"scatter-to-primary {used:.2g}, {fwhm_mm:g} mm FWHM kernel"
     if used < scatter_to_primary:
         note += (f" (less than the assumed {scatter_to_primary:g}: the film allows at most {bound:.2g}, "
                  f"{BOUND_FRACTION:g} of it is used)")
-    return (replace(xray, pixels=corrected.astype(np.float32), metadata={**md, "scatter_correction": note}),
+    note += how
+    extra = {"scatter_correction": note} if kind == "intensity" else {"scatter_correction": note, "log_scale_per_neper": 1.0 / scale}
+    return (replace(xray, pixels=(corrected / scale).astype(np.float32), metadata={**md, **extra}),
             [f"scatter removed assuming {note} (--scatter-to-primary 0 to turn off)"])
 
 
 __all__ = [
     "DEFAULT_SCATTER_FWHM_MM",
     "DEFAULT_SCATTER_TO_PRIMARY",
+    "WATER_EQUIVALENT_RANGE_MM",
     "check_scatter_settings",
     "correct_scatter",
+    "estimate_log_scale",
     "remove_scatter",
     "smooth_scatter_blur",
 ]

@@ -24,6 +24,7 @@ import numpy as np
 from .. import __version__
 from ..errors import InputError
 from ..io.atomic import atomic_file
+from ..io.xray import PNG_KIND_KEY
 from .film import FilmImage
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -284,7 +285,8 @@ def write_film_png(path: str | os.PathLike, film: FilmImage) -> None:
     """Write the display-processed film (bright = dense) as an 8-bit grayscale PNG, atomically.
 
     The detector spacing ``(row, col)`` mm goes into the ``spacing_mm`` text chunk read by
-    :func:`DiffuX2CTLib.io.xray.read_xray`, and approximately into pHYs.
+    :func:`DiffuX2CTLib.io.xray.read_xray`, and approximately into pHYs; a ``diffux2ct_kind``
+    chunk says it is a film (so the reader treats it as one: labels, scatter).
     """
     from PIL import Image, PngImagePlugin
 
@@ -296,6 +298,7 @@ def write_film_png(path: str | os.PathLike, film: FilmImage) -> None:
     info = PngImagePlugin.PngInfo()
     info.add_text(PNG_SPACING_KEY, f"{sr!r} {sc!r}")
     info.add_text("Description", SIMULATED_NOTE)
+    info.add_text(PNG_KIND_KEY, "film")  # read back as a film, not as a DiffuX2CT line-integral PNG
     with atomic_file(path) as tmp:
         Image.fromarray(data).save(tmp, format="PNG", pnginfo=info, dpi=(25.4 / sc, 25.4 / sr))
 

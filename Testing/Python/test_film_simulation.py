@@ -416,6 +416,8 @@ def test_dicom_dx_files_carry_the_tags(tmp_path, preset):
         np.testing.assert_array_equal(ds.pixel_array, film.stored)
         png = read_xray(tmp_path / f"{view}_film.png")
         assert png.spacing_mm == pytest.approx(geometry.detector_spacing_mm)
+        # a film, not one of our normalised line-integral PNGs: labels and scatter are handled
+        assert png.metadata["simulated_film"] and not png.metadata.get("written_by_diffux2ct")
         assert Image.open(tmp_path / f"{view}_film.png").mode == "L"
         np.testing.assert_array_equal(png.pixels, np.rint(film.display * 255.0))
         if not processing:  # presentation data read as bright = dense, with the detector spacing

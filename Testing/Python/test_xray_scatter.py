@@ -1,8 +1,8 @@
 """Scatter removal from linear detector data (``DiffuX2CTLib.io.xray_scatter``).
 
 The model: the detector reads ``I = P + spr * G(P)`` (scatter = a broad Gaussian blur of the
-primary). The reader solves for ``P`` where the scale of ``-ln I`` is known (LIN data) and
-leaves log or display-processed films alone, saying so.
+primary). The reader solves for ``P``: directly where the scale of ``-ln I`` is known (LIN data),
+after estimating that scale from a body prior for log or display-processed films.
 """
 
 from __future__ import annotations
@@ -14,7 +14,15 @@ from scipy import ndimage
 from DiffuX2CTLib.errors import InputError
 from DiffuX2CTLib.io.radiograph import RadiographOptions, prepare_radiograph
 from DiffuX2CTLib.io.xray import XRayImage
-from DiffuX2CTLib.io.xray_scatter import correct_scatter, remove_scatter, scatter_bound, smooth_scatter_blur
+from DiffuX2CTLib.io.intensity import MU_WATER_PER_MM
+from DiffuX2CTLib.io.xray_scatter import (
+    WATER_EQUIVALENT_RANGE_MM,
+    correct_scatter,
+    estimate_log_scale,
+    remove_scatter,
+    scatter_bound,
+    smooth_scatter_blur,
+)
 from test_xray_reading import FILM, MODEL, correlations, line_integrals, phantom_hu
 
 SPACING = (0.5, 0.5)
@@ -73,7 +81,7 @@ def test_downsampled_blur_matches_a_full_gaussian():
     assert fast.sum() == pytest.approx(full.sum(), rel=0.01)
 
 
-def test_only_linear_data_are_corrected_and_every_case_is_said():
+def test_linear_data_are_corrected_as_they_are_and_every_case_is_said():
     p = body_line_integrals()
     linear = XRayImage(with_scatter(p, 0.3, 60.0).astype(np.float32), SPACING, "raw.dcm", {"encoding": "intensity"})
     fixed, warnings = correct_scatter(linear)
@@ -84,10 +92,12 @@ def test_only_linear_data_are_corrected_and_every_case_is_said():
     assert r_after > r_before + 0.005  # partly: the ratio used is capped by what the film allows (below)
 
     log = XRayImage(linear.pixels * 800.0 + 100.0, SPACING, "film.dcm", {"encoding": "displayed"})
-    same, warnings = correct_scatter(log)
+    same, warnings = correct_scatter(log)  # no view: no prior for the scale
     np.testing.assert_array_equal(same.pixels, log.pixels)
     assert same.metadata["scatter_correction"] == "not possible (displayed data)"
-    assert warnings and warnings[0].startswith("scatter not removed: a displayed image has no known scale")
+    assert warnings == ["scatter not removed: a displayed image has no known scale of -ln(I)"]
+    odd = XRayImage(linear.pixels, SPACING, "film.dcm", {"encoding": "weird"})
+    assert correct_scatter(odd, view="ap")[0].metadata["scatter_correction"] == "not possible (weird data)"
 
     no_spacing = XRayImage(linear.pixels, None, "raw.png", {"encoding": "intensity"})
     same, warnings = correct_scatter(no_spacing)
@@ -119,9 +129,11 @@ def test_the_film_bounds_the_scatter_removed():
     assert guarded > 0.995 and unguarded < guarded - 0.01
 
 
-@pytest.mark.parametrize("true_spr", [0.3, 0.6])
-def test_a_raw_film_with_scatter_reads_closer_to_the_drr(tmp_path, true_spr):
-    """Simulated FOR PROCESSING raw films (noise, blur, heel, scatter) through the whole reading chain."""
+@pytest.mark.parametrize("preset, true_spr", [("processing-raw", 0.3), ("processing-raw", 0.6),
+                                               ("processing-log", 0.4), ("presentation", 0.4)])
+def test_a_film_with_scatter_reads_closer_to_the_drr(tmp_path, preset, true_spr):
+    """Simulated films (noise, blur, heel, scatter) through the whole reading chain: raw linear
+    data as they are, log and presentation films on their estimated scale."""
     from DiffuX2CTLib.io.xray_dicom import xray_from_dataset
     from DiffuX2CTLib.radiograph.dicom_writer import DXAcquisition, build_dx_dataset
     from DiffuX2CTLib.radiograph.film import ScatterConfig, film_from_line_integrals
@@ -130,7 +142,7 @@ def test_a_raw_film_with_scatter_reads_closer_to_the_drr(tmp_path, true_spr):
     hu = phantom_hu()
     clean = line_integrals(MODEL, hu)
     film_lines = line_integrals(FILM, hu)
-    config = film_preset("processing-raw").replace(scatter=ScatterConfig(true_spr, 60.0), labels=None)
+    config = film_preset(preset).replace(scatter=ScatterConfig(true_spr, 60.0), labels=None)
     rs = {}
     for spr in (0.0, 0.3):
         inputs, references = [], []
@@ -138,9 +150,68 @@ def test_a_raw_film_with_scatter_reads_closer_to_the_drr(tmp_path, true_spr):
             film = film_from_line_integrals(film_lines[i], FILM.detector_spacing_mm, config, np.random.default_rng(i),
                                             magnification=FILM.magnification)
             xray = xray_from_dataset(build_dx_dataset(film, DXAcquisition.from_geometry(FILM, view)), f"{view}.dcm")
-            inputs.append(prepare_radiograph(xray, view, MODEL, options=RadiographOptions(scatter_to_primary=spr)).pixels)
+            prepared = prepare_radiograph(xray, view, MODEL, options=RadiographOptions(scatter_to_primary=spr))
+            inputs.append(prepared.pixels)
+            if spr and preset != "processing-raw":
+                assert "scale estimated at" in prepared.summary["scatter_correction"]
             references.append(prepare_radiograph(XRayImage(clean[i].astype(np.float32), MODEL.detector_spacing_mm,
                                                            f"{view}.nrrd", {"format": "nrrd"}), view, MODEL).pixels)
         rs[spr] = min(correlations(np.stack(inputs), np.stack(references)))
-    print(f"true SPR {true_spr}: worst view r {rs[0.0]:.4f} uncorrected, {rs[0.3]:.4f} corrected (0.3)")
+    print(f"{preset}, true SPR {true_spr}: worst view r {rs[0.0]:.4f} uncorrected, {rs[0.3]:.4f} corrected (0.3)")
     assert rs[0.3] > rs[0.0] + 0.005
+
+
+def prior_body(view: str = "ap") -> np.ndarray:
+    """:func:`body_line_integrals` scaled so that its field spans the prior's range for ``view``."""
+    p = body_line_integrals()
+    lo, hi = np.percentile(p, [0.5, 99.5])
+    return p * MU_WATER_PER_MM * WATER_EQUIVALENT_RANGE_MM[view] / (hi - lo)
+
+
+@pytest.mark.parametrize("gain, offset", [(434.3, 200.0), (-0.002, 0.9)])
+def test_the_scale_of_a_log_film_is_estimated_from_the_body_prior(gain, offset):
+    """A log film (any affine function of -ln I, even inverted) of a body that spans the prior's
+    range: the scale is recovered, and the corrected film comes back in the film's own unit."""
+    p = prior_body("ap")
+    measured = with_scatter(p, 0.3, 60.0)
+    stored = gain * measured + offset
+    bright_dense = stored if gain > 0 else -stored
+    k = estimate_log_scale(bright_dense, SPACING, "ap", 0.3, 60.0)
+    print(f"estimated {1 / k:.4g} units per neper, true {abs(gain):.4g}")
+    assert k * abs(gain) == pytest.approx(1.0, rel=0.15)
+
+    film = XRayImage(bright_dense.astype(np.float32), SPACING, "film.dcm", {"encoding": "log"})
+    fixed, warnings = correct_scatter(film, view="ap")
+    note = fixed.metadata["scatter_correction"]
+    assert "on a log scale estimated at" in note and "250 mm of water" in note
+    assert fixed.metadata["log_scale_per_neper"] == pytest.approx(1 / k)
+    assert warnings == [f"scatter removed assuming {note} (--scatter-to-primary 0 to turn off)"]
+    r_before, r_after = (np.corrcoef(x.ravel(), p.ravel())[0, 1] for x in (bright_dense, fixed.pixels))
+    print(f"r with the line integrals: {r_before:.4f} before, {r_after:.4f} after")
+    assert r_after > r_before + 0.005
+    # in the film's own unit (`gain` per neper): the contrast lost to scatter partly comes back
+    before, after = (np.polyfit(p.ravel(), x.ravel().astype(np.float64), 1)[0] for x in (bright_dense, fixed.pixels))
+    print(f"units per neper of p: {before:.1f} before, {after:.1f} after, {abs(gain):.1f} without scatter")
+    assert before < after < 1.05 * abs(gain)
+
+
+def test_a_log_film_without_scatter_is_barely_changed():
+    """The bound still guards: with no scatter in the film, the estimated correction stays small."""
+    p = prior_body("lateral")
+    film = XRayImage((1000.0 * p).astype(np.float32), SPACING, "film.dcm", {"encoding": "display"})
+    fixed, _ = correct_scatter(film, view="lateral")
+    r = np.corrcoef(fixed.pixels.ravel(), p.ravel())[0, 1]
+    print(f"scatter-free log film corrected: r {r:.4f}; {fixed.metadata['scatter_correction']}")
+    assert r > 0.995
+
+
+def test_the_scale_estimate_refuses_what_it_cannot_do():
+    p = prior_body()
+    with pytest.raises(InputError, match="no water-equivalent range known for view 'pa'"):
+        estimate_log_scale(p, SPACING, "pa", 0.3, 60.0)
+    with pytest.raises(InputError, match="field is constant"):
+        estimate_log_scale(np.ones_like(p), SPACING, "ap", 0.3, 60.0)
+    flat = XRayImage(np.ones(p.shape, np.float32), SPACING, "flat.dcm", {"encoding": "log"})
+    same, warnings = correct_scatter(flat, view="ap")
+    np.testing.assert_array_equal(same.pixels, flat.pixels)
+    assert warnings == ["scatter not removed: the film's field is constant: no scale of -ln(I) can be estimated"]
