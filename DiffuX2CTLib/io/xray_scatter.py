@@ -60,8 +60,11 @@ WATER_EQUIVALENT_RANGE_MM = {"ap": 250.0, "lateral": 325.0}
 RANGE_PERCENTILES = (0.5, 99.5)
 #: The scale is estimated on a copy block-averaged to pixels of at least this size (mm).
 ESTIMATE_PIXEL_MM = 2.0
-#: Bisection steps of the scale estimate (each halves the log of the bracket).
-ESTIMATE_STEPS = 10
+#: At most this many rescalings of the scale estimate, which stops when the range is within
+#: ``ESTIMATE_TOLERANCE`` of the prior; fixed-point iterations of the scatter removal inside it.
+ESTIMATE_STEPS = 8
+ESTIMATE_TOLERANCE = 0.005
+ESTIMATE_ITERATIONS = 6
 #: Encodings whose scale of ``-ln I`` is unknown and estimated.
 ESTIMATED_SCALE_ENCODINGS = ("log", "display", "displayed", "line-integral")
 
@@ -139,11 +142,12 @@ def scatter_bound(line_integrals: np.ndarray, spacing_mm: tuple[float, float], f
 
 
 def remove_scatter(line_integrals: np.ndarray, spacing_mm: tuple[float, float], scatter_to_primary: float,
-                   fwhm_mm: float, field: np.ndarray | None = None) -> np.ndarray:
+                   fwhm_mm: float, field: np.ndarray | None = None, iterations: int = ITERATIONS) -> np.ndarray:
     """Line integrals with the modelled scatter removed (module docstring); float64, same shape.
 
     ``line_integrals`` are ``-ln(I / I0)`` in natural units; ``field`` (bool, True = exposed)
-    limits where scatter arises and is removed (pixels outside keep their values).
+    limits where scatter arises and is removed (pixels outside keep their values); ``iterations``
+    of the fixed point (the error shrinks by ``scatter_to_primary`` per iteration).
     """
     check_scatter_settings(scatter_to_primary, fwhm_mm)
     if scatter_to_primary == 0.0:
@@ -152,7 +156,7 @@ def remove_scatter(line_integrals: np.ndarray, spacing_mm: tuple[float, float], 
     sigma = fwhm_mm / FWHM_PER_SIGMA
     primary = measured / (1.0 + scatter_to_primary)
     floor = MIN_PRIMARY_FRACTION * measured
-    for _ in range(ITERATIONS):
+    for _ in range(iterations):
         scatter = scatter_to_primary * smooth_scatter_blur(primary, sigma, spacing_mm)
         primary = np.maximum(measured - scatter, floor)
     corrected = reference - np.log(np.maximum(primary, np.finfo(np.float64).tiny))
@@ -180,9 +184,10 @@ def estimate_log_scale(values: np.ndarray, spacing_mm: tuple[float, float], view
 
     The scale ``k`` at which the film, with the assumed ``scatter_to_primary`` removed, spans
     ``mu_water_per_mm * WATER_EQUIVALENT_RANGE_MM[view]`` nepers between the
-    ``RANGE_PERCENTILES`` of its field (:func:`correct_scatter` then applies the bound as usual). The corrected range grows with ``k``,
-    and the removal adds at most ``ln(1 / MIN_PRIMARY_FRACTION)``, so ``k`` is bracketed and found
-    by bisection, on a copy block-averaged to ``ESTIMATE_PIXEL_MM`` pixels.
+    ``RANGE_PERCENTILES`` of its field (:func:`correct_scatter` then applies the bound as usual).
+    The corrected range is nearly proportional to ``k`` and the removal adds at most
+    ``ln(1 / MIN_PRIMARY_FRACTION)``, so ``k`` is bracketed and found by rescaling it with
+    ``target / range`` (a few steps), on a copy block-averaged to ``ESTIMATE_PIXEL_MM`` pixels.
     Raises :class:`InputError` for an unknown view or a constant field.
     """
     if view not in WATER_EQUIVALENT_RANGE_MM:
@@ -202,18 +207,20 @@ def estimate_log_scale(values: np.ndarray, spacing_mm: tuple[float, float], view
     target = mu_water_per_mm * WATER_EQUIVALENT_RANGE_MM[view]
 
     def corrected_range(k: float) -> float:
-        return _field_range(remove_scatter(small * k, small_spacing, scatter_to_primary, fwhm_mm, small_field),
-                            small_field)
+        corrected = remove_scatter(small * k, small_spacing, scatter_to_primary, fwhm_mm, small_field,
+                                   iterations=ESTIMATE_ITERATIONS)
+        return _field_range(corrected, small_field)
 
+    # the corrected range is nearly proportional to k: rescale k by target / range until they agree
     high = target / measured  # no scatter removed: the film alone spans the target
     low = max(target - math.log(1.0 / MIN_PRIMARY_FRACTION), 0.25 * target) / measured
+    k = high
     for _ in range(ESTIMATE_STEPS):
-        middle = math.sqrt(low * high)
-        if corrected_range(middle) > target:
-            high = middle
-        else:
-            low = middle
-    return math.sqrt(low * high)
+        ratio = target / corrected_range(k)
+        k = min(max(k * ratio, low), high)
+        if abs(ratio - 1.0) < ESTIMATE_TOLERANCE:
+            break
+    return k
 
 
 def correct_scatter(xray: XRayImage, scatter_to_primary: float = DEFAULT_SCATTER_TO_PRIMARY,
