@@ -47,8 +47,9 @@ ITERATIONS = 10
 #: Downsampled pixels per kernel FWHM for the scatter blur.
 PIXELS_PER_FWHM = 15.0
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
-#: Percentile of I / G(I) over the field that bounds the scatter ratio (not the minimum, which one
-#: undetected lead marker or noise spike would set), and the smoothing (mm) against noise.
+#: Percentile of I / G(I) over the field that bounds the scatter ratio (not the minimum, which a
+#: few pixels under a narrow dense structure, a lead marker or noise would set), and the smoothing
+#: (mm) against noise.
 BOUND_PERCENTILE = 0.5
 #: Fraction of the bound used at most: at the bound itself the densest pixel would be all scatter.
 BOUND_FRACTION = 0.5
