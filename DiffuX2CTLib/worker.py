@@ -3,7 +3,8 @@
     python -m DiffuX2CTLib.worker --ap AP --lateral LAT --checkpoint MODEL.safetensors \
         --steps 25 --sampler dpmsolver++-sde --seed 0 --device auto --output ct.nrrd [--std std.nrrd] \
         [--parent-pid PID] [--xray-encoding auto|line-integral|intensity|display] [--apply-voi] \
-        [--display-gamma 1] [--scatter-to-primary 0.3] [--pixel-spacing ROW,COL | --field-of-view-mm W[,H]] [--no-detect-overlays]
+        [--display-gamma 1] [--scatter-to-primary 0.3] [--log-units-per-decade N] \
+        [--pixel-spacing ROW,COL | --field-of-view-mm W[,H]] [--no-detect-overlays]
 
 Protocol on stdout (each line flushed at once):
 
@@ -180,6 +181,9 @@ def add_reading_arguments(p: argparse.ArgumentParser) -> None:
                         "display films is estimated from a body prior")
     g.add_argument("--scatter-fwhm-mm", type=float, default=DEFAULT_SCATTER_FWHM_MM, metavar="MM",
                    help=f"FWHM of the scatter kernel at the detector (default {DEFAULT_SCATTER_FWHM_MM:g} mm)")
+    g.add_argument("--log-units-per-decade", type=float, default=None, metavar="N",
+                   help="stored units per factor 10 of exposure of LOG films, when the system's value is known "
+                        "(e.g. 1000); default: estimated from a body prior")
 
 
 def reading_options(args: argparse.Namespace):
@@ -190,7 +194,7 @@ def reading_options(args: argparse.Namespace):
         xray_encoding=args.xray_encoding, apply_voi=args.apply_voi, display_gamma=args.display_gamma,
         pixel_spacing_mm=args.pixel_spacing, field_of_view_mm=args.field_of_view_mm,
         detect_overlays=args.detect_overlays, scatter_to_primary=args.scatter_to_primary,
-        scatter_fwhm_mm=args.scatter_fwhm_mm)
+        scatter_fwhm_mm=args.scatter_fwhm_mm, log_units_per_decade=args.log_units_per_decade)
 
 
 class _ProcessProbe:

@@ -61,9 +61,11 @@ class RadiographOptions:
         field_of_view_mm: ``(width,)`` or ``(width, height)`` of the whole image at the detector,
             mm, for films without spacing (square pixels when the height is left out).
         detect_overlays: look for burned-in labels and collimation in films (default True).
-        scatter_to_primary: scatter assumed in linear detector data and removed (default 0.3,
-            a chest film with a grid; 0 = off); see ``xray_scatter.py``.
+        scatter_to_primary: scatter assumed in films and removed (default 0.3, a chest film
+            with a grid; 0 = off); see ``xray_scatter.py``.
         scatter_fwhm_mm: FWHM of the scatter kernel at the detector, mm (default 60).
+        log_units_per_decade: the stored units per factor 10 of exposure of ``LOG`` data, when the
+            system's value is known (e.g. 1000); default ``None``: estimated from a body prior.
     """
 
     xray_encoding: str | Mapping[str, str] | tuple[tuple[str, str], ...] | None = None
@@ -74,9 +76,15 @@ class RadiographOptions:
     detect_overlays: bool = True
     scatter_to_primary: float = DEFAULT_SCATTER_TO_PRIMARY
     scatter_fwhm_mm: float = DEFAULT_SCATTER_FWHM_MM
+    log_units_per_decade: float | None = None
 
     def __post_init__(self) -> None:
         check_scatter_settings(self.scatter_to_primary, self.scatter_fwhm_mm)
+        if self.log_units_per_decade is not None:
+            value = self.log_units_per_decade
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+                raise InputError(None, f"log units per decade must be a positive number, got {value!r}")
+            object.__setattr__(self, "log_units_per_decade", float(value))
         encodings = self.xray_encoding
         if isinstance(encodings, (Mapping, tuple)):
             pairs = tuple(sorted((str(k), v) for k, v in dict(encodings).items()))
@@ -112,7 +120,7 @@ class RadiographOptions:
                 "pixel_spacing_mm": list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
                 "field_of_view_mm": list(self.field_of_view_mm) if self.field_of_view_mm else None,
                 "detect_overlays": self.detect_overlays, "scatter_to_primary": self.scatter_to_primary,
-                "scatter_fwhm_mm": self.scatter_fwhm_mm}
+                "scatter_fwhm_mm": self.scatter_fwhm_mm, "log_units_per_decade": self.log_units_per_decade}
 
 
 @dataclass
@@ -154,7 +162,7 @@ def load_line_integral(item: RadiographInput, view: str, options: RadiographOpti
         warnings += more
     if is_film:
         xray, more = correct_scatter(xray, options.scatter_to_primary, options.scatter_fwhm_mm, view,
-                                      mu_water_per_mm)
+                                      mu_water_per_mm, options.log_units_per_decade)
         warnings += more
     xray, more = orient_to_view(xray, view)
     return xray, warnings + more

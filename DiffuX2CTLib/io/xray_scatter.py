@@ -226,13 +226,15 @@ def estimate_log_scale(values: np.ndarray, spacing_mm: tuple[float, float], view
 
 def correct_scatter(xray: XRayImage, scatter_to_primary: float = DEFAULT_SCATTER_TO_PRIMARY,
                     fwhm_mm: float = DEFAULT_SCATTER_FWHM_MM, view: str | None = None,
-                    mu_water_per_mm: float = MU_WATER_PER_MM) -> tuple[XRayImage, list[str]]:
+                    mu_water_per_mm: float = MU_WATER_PER_MM,
+                    log_units_per_decade: float | None = None) -> tuple[XRayImage, list[str]]:
     """Apply :func:`remove_scatter` to a film's line-integral estimate (module docstring).
 
     ``intensity`` data are corrected as they are; ``log``, ``display``, ``displayed`` and
     ``line-integral`` films first get their scale from :func:`estimate_log_scale` (which needs
     ``view``, ``"ap"`` or ``"lateral"``, and the model's ``mu_water_per_mm``), and are returned in
-    their own unit. ``metadata["scatter_correction"]`` records what was done, and a warning says
+    their own unit. ``log`` data take the system's ``log_units_per_decade`` instead, when it is
+    given. ``metadata["scatter_correction"]`` records what was done, and a warning says
     it. Needs the film's pixel spacing (the kernel is in mm); without it, or without a view for a
     film of unknown scale, the step is skipped with a warning.
     """
@@ -248,7 +250,10 @@ def correct_scatter(xray: XRayImage, scatter_to_primary: float = DEFAULT_SCATTER
         return (replace(xray, metadata={**md, "scatter_correction": "skipped (no pixel spacing)"}),
                 ["scatter not removed: the film has no pixel spacing for the scatter kernel"])
     scale, how = 1.0, ""
-    if kind != "intensity":
+    if kind == "log" and log_units_per_decade is not None:
+        scale = math.log(10.0) / log_units_per_decade
+        how = f", on the given log scale of {log_units_per_decade:g} units per decade"
+    elif kind != "intensity":
         try:
             scale = estimate_log_scale(xray.pixels, xray.spacing_mm, view, scatter_to_primary, fwhm_mm,
                                        xray.valid_mask, mu_water_per_mm)
@@ -264,7 +269,9 @@ def correct_scatter(xray: XRayImage, scatter_to_primary: float = DEFAULT_SCATTER
         note += (f" (less than the assumed {scatter_to_primary:g}: the film allows at most {bound:.2g}, "
                  f"{BOUND_FRACTION:g} of it is used)")
     note += how
-    extra = {"scatter_correction": note} if kind == "intensity" else {"scatter_correction": note, "log_scale_per_neper": 1.0 / scale}
+    extra = {"scatter_correction": note}
+    if kind != "intensity":
+        extra["log_scale_per_neper"] = 1.0 / scale
     return (replace(xray, pixels=(corrected / scale).astype(np.float32), metadata={**md, **extra}),
             [f"scatter removed assuming {note} (--scatter-to-primary 0 to turn off)"])
 

@@ -541,7 +541,8 @@ def test_malformed_dicom_is_an_input_error(tmp_path, make):
 def test_options_are_checked():
     for bad in (dict(xray_encoding="film"), dict(display_gamma=0.0), dict(pixel_spacing_mm=(0.1,)),
                 dict(field_of_view_mm=(-3.0,)), dict(scatter_to_primary=1.0), dict(scatter_to_primary=-0.1),
-                dict(scatter_to_primary=float("nan")), dict(scatter_fwhm_mm=0.0)):
+                dict(scatter_to_primary=float("nan")), dict(scatter_fwhm_mm=0.0), dict(log_units_per_decade=0.0),
+                dict(log_units_per_decade=float("inf")), dict(log_units_per_decade="1000")):
         with pytest.raises(InputError):
             RadiographOptions(**bad)
 

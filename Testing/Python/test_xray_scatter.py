@@ -215,3 +215,28 @@ def test_the_scale_estimate_refuses_what_it_cannot_do():
     same, warnings = correct_scatter(flat, view="ap")
     np.testing.assert_array_equal(same.pixels, flat.pixels)
     assert warnings == ["scatter not removed: the film's field is constant: no scale of -ln(I) can be estimated"]
+
+
+def test_a_known_log_scale_is_used_instead_of_the_estimate():
+    """--log-units-per-decade: LOG data of a system whose scale is known are corrected on it."""
+    from DiffuX2CTLib.worker import build_parser, reading_options
+
+    p = prior_body("ap") * 1.3  # a body the prior would misjudge
+    gain = 1000.0 / np.log(10.0)  # 1000 units per decade
+    film = XRayImage((gain * with_scatter(p, 0.3, 60.0)).astype(np.float32), SPACING, "film.dcm", {"encoding": "log"})
+    given, warnings = correct_scatter(film, view="ap", log_units_per_decade=1000.0)
+    assert "on the given log scale of 1000 units per decade" in given.metadata["scatter_correction"]
+    assert given.metadata["log_scale_per_neper"] == pytest.approx(gain)
+    estimated, _ = correct_scatter(film, view="ap")
+    truth = correct_scatter(XRayImage((film.pixels / gain).astype(np.float32), SPACING, "raw.dcm",
+                                      {"encoding": "intensity"}))[0].pixels * gain
+    np.testing.assert_allclose(given.pixels, truth, rtol=1e-5, atol=1e-3)
+    assert not np.allclose(estimated.pixels, truth, rtol=1e-3, atol=1.0)
+    # display films ignore it (their scale is per image); the worker passes it through
+    display = XRayImage(film.pixels, SPACING, "film.png", {"encoding": "display"})
+    assert "estimated at" in correct_scatter(display, view="ap", log_units_per_decade=1000.0)[0].metadata[
+        "scatter_correction"]
+    args = build_parser().parse_args(["--ap", "a", "--lateral", "l", "--checkpoint", "m", "--output", "o.nrrd",
+                                      "--log-units-per-decade", "1000"])
+    assert reading_options(args).log_units_per_decade == 1000.0
+    assert RadiographOptions(log_units_per_decade=1000).to_dict()["log_units_per_decade"] == 1000.0
