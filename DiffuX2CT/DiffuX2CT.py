@@ -31,6 +31,7 @@ MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 SAMPLER_CHOICES = ("dpmsolver++-sde", "dpmsolver++", "ddim", "ddpm")
 DEVICE_CHOICES = ("auto", "cuda", "cpu")
 ENCODING_CHOICES = ("auto", "line-integral", "intensity", "display")
+LATERAL_ENCODING_CHOICES = ("same", "auto", "line-integral", "intensity", "display")
 POLL_INTERVAL_MS = 200
 
 
@@ -67,8 +68,9 @@ class DiffuX2CTParameterNode:
     apVolume, lateralVolume: the radiographs (single-slice volumes).
     simulationCT: a CT to simulate both radiographs from.
     steps, sampler, numSamples, seed, device: sampling settings.
-    xrayEncoding, applyVOI, pixelSpacingMm, scatterToPrimary: how real films are read (0 mm: from
-        the file; scatter removed from films, 0 = off).
+    xrayEncoding, lateralXrayEncoding, applyVOI, pixelSpacingMm, scatterToPrimary: how real films
+        are read (the lateral's encoding "same" as the AP's; 0 mm: from the file; scatter removed
+        from films, 0 = off).
     renderVolume, segmentBone: what to add to the scene after a run.
     reconstruction, groundTruth: the volumes to compare.
     """
@@ -83,6 +85,7 @@ class DiffuX2CTParameterNode:
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     xrayEncoding: Annotated[str, Choice(list(ENCODING_CHOICES))] = "auto"
+    lateralXrayEncoding: Annotated[str, Choice(list(LATERAL_ENCODING_CHOICES))] = "same"
     applyVOI: bool = False
     pixelSpacingMm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
     scatterToPrimary: Annotated[float, WithinRange(0.0, 0.95)] = 0.3
@@ -464,9 +467,12 @@ class DiffuX2CTLogic(ScriptedLoadableModuleLogic):
         from DiffuX2CTSlicerLib.logic import SamplingSettings
 
         spacing = parameterNode.pixelSpacingMm
+        encoding = parameterNode.xrayEncoding
+        if parameterNode.lateralXrayEncoding != "same":
+            encoding = {"ap": encoding, "lateral": parameterNode.lateralXrayEncoding}
         return SamplingSettings(steps=parameterNode.steps, sampler=parameterNode.sampler,
                                 num_samples=parameterNode.numSamples, seed=parameterNode.seed,
-                                device=parameterNode.device, xray_encoding=parameterNode.xrayEncoding,
+                                device=parameterNode.device, xray_encoding=encoding,
                                 apply_voi=parameterNode.applyVOI,
                                 pixel_spacing=(spacing, spacing) if spacing > 0 else None,
                                 scatter_to_primary=parameterNode.scatterToPrimary)

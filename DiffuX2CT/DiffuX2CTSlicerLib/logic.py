@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .worker_process import WorkerProcess, WorkerRequest, WorkerResult, WorkerState
 from .xray_nodes import isocenter_of, views_look_swapped, xray_file_for_worker
@@ -31,7 +31,8 @@ RECONSTRUCTION_ATTRIBUTE = "DiffuX2CT.Reconstruction"
 @dataclass
 class SamplingSettings:
     """How to sample: steps, sampler (``None`` = the worker's default), samples, seed, device;
-    and how to read real films: encoding (``None``/``"auto"``: from the DICOM tags), whether to
+    and how to read real films: encoding (``None``/``"auto"``: from the DICOM tags; or one per
+    view, ``{"ap": "auto", "lateral": "display"}``), whether to
     apply a DICOM VOI window, the pixel spacing ``(row, col)`` mm for films without one, and the
     scatter-to-primary ratio removed from films (``None`` = the worker's default)."""
 
@@ -41,7 +42,7 @@ class SamplingSettings:
     seed: int = 0
     device: str = "auto"
     eta: float = 0.0
-    xray_encoding: str | None = None
+    xray_encoding: str | Mapping[str, str] | None = None
     apply_voi: bool = False
     pixel_spacing: tuple[float, float] | None = None
     scatter_to_primary: float | None = None

@@ -95,9 +95,10 @@ class WorkerRequest:
     ``sampler=None`` leaves the choice to the worker (its default sampler). ``isocenter`` is the
     LPS position (mm) of the output volume's centre; ``None`` lets the worker read a
     ``geometry.json`` beside the AP image, else use 0,0,0. Reading real films:
-    ``xray_encoding`` (``None`` = the worker's ``auto``: DICOM tags decide), ``apply_voi`` (apply
+    ``xray_encoding`` (``None`` = the worker's ``auto``: DICOM tags decide; or one per view,
+    ``{"lateral": "display"}``), ``apply_voi`` (apply
     a DICOM VOI window), ``pixel_spacing`` (``(row, col)`` mm at the detector, for films that have
-    none), ``scatter_to_primary`` (scatter removed from raw linear films; ``None`` = the worker's
+    none), ``scatter_to_primary`` (scatter removed from films; ``None`` = the worker's
     default).
     """
 
@@ -111,7 +112,7 @@ class WorkerRequest:
     num_samples: int = 1
     eta: float = 0.0
     isocenter: Sequence[float] | None = None
-    xray_encoding: str | None = None
+    xray_encoding: str | Mapping[str, str] | None = None
     apply_voi: bool = False
     pixel_spacing: Sequence[float] | None = None
     scatter_to_primary: float | None = None
@@ -130,7 +131,12 @@ class WorkerRequest:
                 raise ValueError(f"isocenter needs 3 LPS coordinates, got {len(values)}")
             # "--isocenter=..." so that a leading minus sign is not taken for an option
             args.append("--isocenter=" + ",".join(repr(v) for v in values))
-        if self.xray_encoding and self.xray_encoding != "auto":
+        if isinstance(self.xray_encoding, Mapping):
+            pairs = [f"{view}={encoding}" for view, encoding in sorted(self.xray_encoding.items())
+                     if encoding and encoding != "auto"]
+            if pairs:
+                args += ["--xray-encoding", ",".join(pairs)]
+        elif self.xray_encoding and self.xray_encoding != "auto":
             args += ["--xray-encoding", str(self.xray_encoding)]
         args.append("--apply-voi" if self.apply_voi else "--no-apply-voi")
         if self.pixel_spacing is not None:

@@ -123,7 +123,8 @@ def test_ui_parameter_bindings_match_the_parameter_node():
     # the combo boxes offer exactly the choices the parameter node accepts
     source = MODULE_FILE.read_text()
     for combo, constant in (("samplerComboBox", "SAMPLER_CHOICES"), ("deviceComboBox", "DEVICE_CHOICES"),
-                            ("xrayEncodingComboBox", "ENCODING_CHOICES")):
+                            ("xrayEncodingComboBox", "ENCODING_CHOICES"),
+                            ("lateralXrayEncodingComboBox", "LATERAL_ENCODING_CHOICES")):
         items = [i.find("property/string").text for i in _ui_widgets()[combo].findall("item")]
         declared = ast.literal_eval(re.search(rf"^{constant} = (\(.*\))$", source, re.M).group(1))
         assert tuple(items) == declared
@@ -138,3 +139,5 @@ def test_samplers_and_encodings_offered_are_the_library_ones():
     assert set(declared) == set(SAMPLERS)
     encodings = ast.literal_eval(re.search(r"^ENCODING_CHOICES = (\(.*\))$", source, re.M).group(1))
     assert set(encodings) == {"auto", *ENCODINGS}
+    lateral = ast.literal_eval(re.search(r"^LATERAL_ENCODING_CHOICES = (\(.*\))$", source, re.M).group(1))
+    assert lateral == ("same", *encodings)

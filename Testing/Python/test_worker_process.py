@@ -279,3 +279,9 @@ def test_request_reading_options_are_accepted_by_the_worker(tmp_path):
     default = build_parser().parse_args(WorkerRequest(ap="a", lateral="l", checkpoint="m").to_args(tmp_path / "c.nrrd"))
     assert default.xray_encoding == "auto" and default.apply_voi is False and default.pixel_spacing is None
     assert default.scatter_to_primary == 0.3  # the worker's default
+    # one encoding per view (the Slicer module's lateral encoding); "auto" views are left out
+    mixed = WorkerRequest(ap="a", lateral="l", checkpoint="m", xray_encoding={"ap": "auto", "lateral": "display"})
+    assert "lateral=display" in mixed.to_args(tmp_path / "c.nrrd")
+    assert build_parser().parse_args(mixed.to_args(tmp_path / "c.nrrd")).xray_encoding == {"lateral": "display"}
+    both_auto = WorkerRequest(ap="a", lateral="l", checkpoint="m", xray_encoding={"ap": "auto", "lateral": "auto"})
+    assert "--xray-encoding" not in both_auto.to_args(tmp_path / "c.nrrd")
