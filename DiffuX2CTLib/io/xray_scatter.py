@@ -271,7 +271,7 @@ def correct_scatter(xray: XRayImage, scatter_to_primary: float = DEFAULT_SCATTER
     note += how
     extra = {"scatter_correction": note}
     if kind != "intensity":
-        extra["log_scale_per_neper"] = 1.0 / scale
+        extra["log_units_per_neper"] = 1.0 / scale
     return (replace(xray, pixels=(corrected / scale).astype(np.float32), metadata={**md, **extra}),
             [f"scatter removed assuming {note} (--scatter-to-primary 0 to turn off)"])
 

@@ -184,7 +184,7 @@ def test_the_scale_of_a_log_film_is_estimated_from_the_body_prior(gain, offset):
     fixed, warnings = correct_scatter(film, view="ap")
     note = fixed.metadata["scatter_correction"]
     assert "on a log scale estimated at" in note and "250 mm of water" in note
-    assert fixed.metadata["log_scale_per_neper"] == pytest.approx(1 / k)
+    assert fixed.metadata["log_units_per_neper"] == pytest.approx(1 / k)
     assert warnings == [f"scatter removed assuming {note} (--scatter-to-primary 0 to turn off)"]
     r_before, r_after = (np.corrcoef(x.ravel(), p.ravel())[0, 1] for x in (bright_dense, fixed.pixels))
     print(f"r with the line integrals: {r_before:.4f} before, {r_after:.4f} after")
@@ -226,7 +226,7 @@ def test_a_known_log_scale_is_used_instead_of_the_estimate():
     film = XRayImage((gain * with_scatter(p, 0.3, 60.0)).astype(np.float32), SPACING, "film.dcm", {"encoding": "log"})
     given, warnings = correct_scatter(film, view="ap", log_units_per_decade=1000.0)
     assert "on the given log scale of 1000 units per decade" in given.metadata["scatter_correction"]
-    assert given.metadata["log_scale_per_neper"] == pytest.approx(gain)
+    assert given.metadata["log_units_per_neper"] == pytest.approx(gain)
     estimated, _ = correct_scatter(film, view="ap")
     truth = correct_scatter(XRayImage((film.pixels / gain).astype(np.float32), SPACING, "raw.dcm",
                                       {"encoding": "intensity"}))[0].pixels * gain
