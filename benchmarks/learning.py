@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="work folder (relative paths are recorded in the trained models' JSON)")
     p.add_argument("--augment-copies", type=int, default=8, help="offline augmented volumes per training scan")
     p.add_argument("--test-copies", type=int, default=1, help="augmented variants per test scan")
-    p.add_argument("--diffusion-steps", type=int, default=600, help="optimiser steps of each diffusion run")
+    p.add_argument("--diffusion-steps", type=int, default=550, help="optimiser steps of each diffusion run")
     p.add_argument("--regressor-steps", type=int, default=250, help="optimiser steps of the regressor")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny smoke run (minutes; figures meaningless)")

@@ -78,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="model trained with the radiograph-style augmentation")
     p.add_argument("--without", type=Path, default=None,
                    help="model trained without it (default: trained here with augment.film_prob=0)")
-    p.add_argument("--diffusion-steps", type=int, default=600, help="optimiser steps of the model trained here")
+    p.add_argument("--diffusion-steps", type=int, default=550, help="optimiser steps of the model trained here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny smoke run (figures meaningless)")
     return p.parse_args(argv)
