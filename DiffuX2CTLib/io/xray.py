@@ -44,7 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 _SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".nii", ".nii.gz", ".hdr", ".img")
-_PNG_SPACING_KEY = "spacing_mm"
+#: PNG text chunk with the detector spacing ``"ROW COL"`` in mm (our PNGs: DRRs and simulated films).
+PNG_SPACING_KEY = "spacing_mm"
 #: PNG text chunk that marks a simulated film (``write_film_png``): read as a film, not as a
 #: normalised line-integral image, although it carries ``spacing_mm``.
 PNG_KIND_KEY = "diffux2ct_kind"
@@ -270,12 +271,12 @@ def _read_pillow(p: Path, kind: str) -> XRayImage:
     elif mode == "1":
         arr = arr.astype(np.float32)
     spacing = None
-    if _PNG_SPACING_KEY in text:  # written by write_png16
+    if PNG_SPACING_KEY in text:  # written by write_png16 or write_film_png
         try:
-            spacing = tuple(float(v) for v in text[_PNG_SPACING_KEY].split())
+            spacing = tuple(float(v) for v in text[PNG_SPACING_KEY].split())
         except ValueError as exc:
-            raise InputError(p, f"invalid {_PNG_SPACING_KEY} text chunk {text[_PNG_SPACING_KEY]!r}") from exc
-        metadata["spacing_source"] = f"PNG text chunk {_PNG_SPACING_KEY}"
+            raise InputError(p, f"invalid {PNG_SPACING_KEY} text chunk {text[PNG_SPACING_KEY]!r}") from exc
+        metadata["spacing_source"] = f"PNG text chunk {PNG_SPACING_KEY}"
         if text.get(PNG_KIND_KEY) == "film":
             metadata["simulated_film"] = True
         else:
@@ -552,7 +553,7 @@ def write_png16(
     kwargs: dict[str, Any] = {}
     if spacing_mm is not None:
         sr, sc = _check_spacing(spacing_mm, os.fspath(path), "spacing")
-        info.add_text(_PNG_SPACING_KEY, f"{sr!r} {sc!r}")
+        info.add_text(PNG_SPACING_KEY, f"{sr!r} {sc!r}")
         kwargs["dpi"] = (25.4 / sc, 25.4 / sr)  # (x, y) dots per inch
     with atomic_file(path) as tmp:
         Image.fromarray(data).save(tmp, format="PNG", pnginfo=info, **kwargs)
@@ -579,6 +580,7 @@ def write_xray_nrrd(path: str | os.PathLike, pixels: np.ndarray, spacing_mm: tup
 
 __all__ = [
     "PNG_KIND_KEY",
+    "PNG_SPACING_KEY",
     "DetectorImage",
     "XRayImage",
     "XRayNormalization",

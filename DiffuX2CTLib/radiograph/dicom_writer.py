@@ -24,14 +24,12 @@ import numpy as np
 from .. import __version__
 from ..errors import InputError
 from ..io.atomic import atomic_file
-from ..io.xray import PNG_KIND_KEY
+from ..io.xray import PNG_KIND_KEY, PNG_SPACING_KEY
 from .film import FilmImage
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..geometry.biplanar import BiplanarGeometry
 
-#: PNG text chunk holding the detector spacing "row col" in mm (as io.xray.write_png16/read_xray).
-PNG_SPACING_KEY = "spacing_mm"
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
