@@ -18,6 +18,7 @@ import numpy as np
 
 from .diffusion.config import DEFAULT_SAMPLER
 from .errors import CancelledError, DiffuX2CTError, InputError
+from .io.intensity import MU_WATER_PER_MM
 
 XRayInput = Union[str, os.PathLike, "XRayImage", np.ndarray]  # noqa: F821
 
@@ -53,7 +54,7 @@ def resolve_device(device: str = "auto") -> "torch.device":  # noqa: F821
 
 
 def prepare_xrays(ap: XRayInput, lateral: XRayInput, geometry, normalization, options=None, *,
-                  report: dict | None = None, mu_water_per_mm: float | None = None) -> np.ndarray:
+                  report: dict | None = None, mu_water_per_mm: float = MU_WATER_PER_MM) -> np.ndarray:
     """Both views on the geometry's detector grid, normalised to [-1, 1]: ``(2, rows, cols)``.
 
     Files and :class:`XRayImage` inputs go through the reading chain of
@@ -65,7 +66,6 @@ def prepare_xrays(ap: XRayInput, lateral: XRayInput, geometry, normalization, op
     ``report``, if given, receives ``"warnings"`` (list of str) and ``"views"`` (per-view summary).
     ``mu_water_per_mm`` is the model's (default: the library's); it sets the scale prior of log films.
     """
-    from .io.intensity import MU_WATER_PER_MM
     from .io.radiograph import prepare_radiograph
 
     views, warnings, summaries = [], [], {}
@@ -76,8 +76,7 @@ def prepare_xrays(ap: XRayInput, lateral: XRayInput, geometry, normalization, op
             views.append(normalization.normalize_numpy(item.astype(np.float32)))
             summaries[view] = {"file": None, "format": "array", "encoding_path": "line-integral -> as is"}
         else:
-            prepared = prepare_radiograph(item, view, geometry, normalization, options,
-                                          MU_WATER_PER_MM if mu_water_per_mm is None else mu_water_per_mm)
+            prepared = prepare_radiograph(item, view, geometry, normalization, options, mu_water_per_mm)
             views.append(prepared.pixels)
             warnings += prepared.warnings
             summaries[view] = prepared.summary
