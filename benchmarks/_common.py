@@ -40,6 +40,18 @@ def device_name(device) -> str:
     return cpu_name()
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU computes bfloat16 matrix products in hardware (AVX512-BF16 or AMX tiles),
+    so that bf16 autocast speeds up convolutions instead of emulating them."""
+    import torch
+
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return any(bool(check()) for check in checks if check is not None)
+    except RuntimeError:
+        return False
+
+
 def load_average() -> list[float] | None:
     """1, 5 and 15 minute load averages (other processes competing for the CPUs), if known."""
     try:

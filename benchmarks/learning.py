@@ -40,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import REPO_ROOT, cpu_name, ensure_repo_on_path, fmt_seconds, load_average
+from _common import REPO_ROOT, cpu_has_fast_bf16, cpu_name, ensure_repo_on_path, fmt_seconds, load_average
 
 ensure_repo_on_path()
 
@@ -49,6 +49,8 @@ TRAIN_SCANS = ("chest_lung1.nrrd", "chest_lung2.nrrd", "abdomen_ct.nii.gz", "abd
 TEST_SCANS = ("abdomen_crlm1006.nii.gz",)  # plus the example chest CT
 ROWS = ("diffusion", "dpmsolver10", "ddpm1000", "lambda0", "regressor", "mean_volume", "dpmsolver25_ode", "ddpm25")
 KEYS = ("psnr_db", "ssim3d", "mae_hu", "bone_dice", "proj_error", "seconds")
+#: default (diffusion, regressor) optimiser steps per training precision: what fits in 45 minutes on 2 cores
+STEPS = {"bf16": (800, 360), "fp32": (550, 250)}
 DEMO_MODEL = REPO_ROOT / "Resources" / "Models" / "diffux2ct-demo-clinical-32.safetensors"
 
 
@@ -58,15 +60,26 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="work folder (relative paths are recorded in the trained models' JSON)")
     p.add_argument("--augment-copies", type=int, default=8, help="offline augmented volumes per training scan")
     p.add_argument("--test-copies", type=int, default=1, help="augmented variants per test scan")
-    p.add_argument("--diffusion-steps", type=int, default=550, help="optimiser steps of each diffusion run")
-    p.add_argument("--regressor-steps", type=int, default=250, help="optimiser steps of the regressor")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="training precision: bf16 autocast or fp32; auto = bf16 where the CPU has bf16 hardware "
+                        "(AVX512-BF16 or AMX), fp32 otherwise. Evaluation is always fp32")
+    p.add_argument("--diffusion-steps", type=int, default=None,
+                   help=f"optimiser steps of each diffusion run (default {STEPS['bf16'][0]} in bf16, {STEPS['fp32'][0]} in fp32)")
+    p.add_argument("--regressor-steps", type=int, default=None,
+                   help=f"optimiser steps of the regressor (default {STEPS['bf16'][1]} in bf16, {STEPS['fp32'][1]} in fp32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny smoke run (minutes; figures meaningless)")
     p.add_argument("--export-demo", action="store_true", help=f"export the diffusion model to {DEMO_MODEL.relative_to(REPO_ROOT)}")
     p.add_argument("--skip-ddpm", action="store_true", help="skip the DDPM-1000 row (the slowest evaluation)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the demo config in every run (as python -m training.train --set)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.precision == "auto":
+        args.precision = "bf16" if cpu_has_fast_bf16() else "fp32"
+    default_diffusion, default_regressor = STEPS[args.precision]
+    args.diffusion_steps = default_diffusion if args.diffusion_steps is None else args.diffusion_steps
+    args.regressor_steps = default_regressor if args.regressor_steps is None else args.regressor_steps
+    return args
 
 
 def prepare_caches(args: argparse.Namespace) -> tuple[Path, Path, list[str], list[str]]:
@@ -115,7 +128,8 @@ def train_run(name: str, cache: Path, args: argparse.Namespace, overrides: list[
     steps = 6 if args.quick else (args.regressor_steps if name == "regressor" else args.diffusion_steps)
     run_dir = args.out / "runs" / name
     config = load_config("demo", [f"data.cache={cache}", f"run_dir={run_dir}", f"name={name}",
-                                  f"train.max_steps={steps}", f"train.seed={args.seed}", *args.overrides, *overrides])
+                                  f"train.max_steps={steps}", f"train.seed={args.seed}",
+                                  f"train.bf16={'true' if args.precision == 'bf16' else 'false'}", *args.overrides, *overrides])
     result = train(config, resume=True, progress=sys.stderr.isatty())
     if not result.finished:
         raise SystemExit(f"error: training run {name} was interrupted")
@@ -200,7 +214,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"[learning] CPU: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average {load_average()}", file=sys.stderr)
+          f"load average {load_average()}; training in {args.precision}, {args.diffusion_steps} diffusion and "
+          f"{args.regressor_steps} regressor steps", file=sys.stderr)
     train_cache, test_cache, train_groups, test_groups = prepare_caches(args)
     prep_seconds = time.perf_counter() - started
 
@@ -238,7 +253,8 @@ def main(argv=None) -> int:
     print(f"Learning benchmark: clinical geometry, 32^3, {len(train_groups)} training scans "
           f"({', '.join(train_groups)}); {summaries['diffusion']['num_cases']} test volumes from "
           f"{len(test_groups)} held-out scans ({', '.join(test_groups)})")
-    print(f"CPU {cpu_name()}; load average at the end {load_average()}; total {fmt_seconds(total)} "
+    print(f"CPU {cpu_name()}; training in {args.precision} ({args.diffusion_steps} diffusion, {args.regressor_steps} "
+          f"regressor steps); load average at the end {load_average()}; total {fmt_seconds(total)} "
           f"(data {fmt_seconds(prep_seconds)}, training " +
           ", ".join(f"{k} {fmt_seconds(v)}" for k, v in train_seconds.items()) + ")")
     print()
@@ -255,7 +271,8 @@ def main(argv=None) -> int:
           f"bone Dice diffusion {d['bone_dice']:.3f} vs regressor {r['bone_dice']:.3f}: {d['bone_dice'] >= r['bone_dice']}"
           + (f"; SSIM DPM-Solver++(SDE) 25 - DDPM1000 = {d['ssim3d'] - figures['ddpm1000']['ssim3d']:+.4f} "
              f"(within 0.01: {d['ssim3d'] >= figures['ddpm1000']['ssim3d'] - 0.01})" if "ddpm1000" in figures else ""))
-    print("reproduce: .venv/bin/python benchmarks/learning.py" + (" --quick" if args.quick else ""))
+    print("reproduce: .venv/bin/python benchmarks/learning.py" + (" --quick" if args.quick else "")
+          + f" --precision {args.precision}")
     if args.export_demo:
         steps = 6 if args.quick else args.diffusion_steps
         target, registry = DEMO_MODEL, REPO_ROOT / "Resources" / "Models.json"
@@ -266,7 +283,8 @@ def main(argv=None) -> int:
                                             "default": None, "models": []}))
         export_demo(runs["diffusion"], summaries["diffusion"], train_groups, test_groups, steps, target, registry)
         print(f"exported the diffusion model to {target}")
-    print(json.dumps({"learning": figures, "train_seconds": {k: round(v, 1) for k, v in train_seconds.items()},
+    print(json.dumps({"learning": figures, "precision": args.precision,
+                      "steps": {"diffusion": args.diffusion_steps, "regressor": args.regressor_steps}, "train_seconds": {k: round(v, 1) for k, v in train_seconds.items()},
                       "total_seconds": round(total, 1)}))
     return 0
 
