@@ -109,12 +109,14 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path):
 
 
 # --- learning -----------------------------------------------------------------------------------
-def test_a_tiny_run_reduces_the_loss(tiny_cache, tmp_path):
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_a_tiny_run_reduces_the_loss(tiny_cache, tmp_path, bf16):
+    """fp32 and bf16 autocast (the learning benchmark's precision on CPUs with bf16 hardware) both learn."""
     from training.config import load_config
     from training.trainer import train
 
     config = load_config(_write_config(tmp_path, tiny_cache, tmp_path / "learn", max_steps=40, checkpoint_every=0),
-                         ["augment.enabled=false"])
+                         ["augment.enabled=false", f"train.bf16={'true' if bf16 else 'false'}"])
     result = train(config, progress=False)
     assert result.finished and result.step == 40
     with open(tmp_path / "learn" / "train_log.csv") as f:
