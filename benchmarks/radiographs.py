@@ -245,8 +245,9 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"[radiographs] CPU: {cpu_name()}, load average {load_average()}", file=sys.stderr)
+    # fp32, as the demo model (the model with films) was trained
     learning_args = learning.parse_args(["--out", str(args.learning_out), "--diffusion-steps", str(args.diffusion_steps),
-                                         "--seed", str(args.seed)] + (["--quick"] if args.quick else []))
+                                         "--precision", "fp32", "--seed", str(args.seed)] + (["--quick"] if args.quick else []))
     train_cache, test_cache, _, _ = learning.prepare_caches(learning_args)
 
     with_model = load_model(args.with_model, "cpu")

@@ -145,7 +145,8 @@ class RunConfig:
         max_steps: optimiser steps in total.
         seed: seeds the initial weights, the data order and all per-sample randomness.
         device: ``auto``, ``cpu``, ``cuda`` (DDP ranks use ``cuda:LOCAL_RANK``).
-        bf16: bfloat16 autocast (CUDA, or CPU with a recent torch).
+        bf16: bfloat16 autocast (CUDA, or a CPU: fast with AVX512-BF16 or AMX hardware, emulated and
+            slower than fp32 without).
         activation_checkpointing: recompute block activations in backward (less memory).
         compile: ``torch.compile`` the network.
         threads: torch CPU threads per process (0 = torch's default).
