@@ -68,9 +68,10 @@ class DiffuX2CTParameterNode:
     apVolume, lateralVolume: the radiographs (single-slice volumes).
     simulationCT: a CT to simulate both radiographs from.
     steps, sampler, numSamples, seed, device: sampling settings.
-    xrayEncoding, lateralXrayEncoding, applyVOI, pixelSpacingMm, scatterToPrimary: how real films
-        are read (the lateral's encoding "same" as the AP's; 0 mm: from the file; scatter removed
-        from films, 0 = off).
+    xrayEncoding, lateralXrayEncoding, applyVOI, pixelSpacingMm, scatterToPrimary, logUnitsPerDecade:
+        how real films are read (the lateral's encoding "same" as the AP's; 0 mm: from the file;
+        scatter removed from films, 0 = off; the stored units per decade of exposure of LOG films,
+        0 = estimated from a typical body).
     renderVolume, segmentBone: what to add to the scene after a run.
     reconstruction, groundTruth: the volumes to compare.
     """
@@ -89,6 +90,7 @@ class DiffuX2CTParameterNode:
     applyVOI: bool = False
     pixelSpacingMm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
     scatterToPrimary: Annotated[float, WithinRange(0.0, 0.95)] = 0.3
+    logUnitsPerDecade: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0
     renderVolume: bool = True
     segmentBone: bool = True
     reconstruction: vtkMRMLScalarVolumeNode
@@ -475,7 +477,8 @@ class DiffuX2CTLogic(ScriptedLoadableModuleLogic):
                                 device=parameterNode.device, xray_encoding=encoding,
                                 apply_voi=parameterNode.applyVOI,
                                 pixel_spacing=(spacing, spacing) if spacing > 0 else None,
-                                scatter_to_primary=parameterNode.scatterToPrimary)
+                                scatter_to_primary=parameterNode.scatterToPrimary,
+                                log_units_per_decade=parameterNode.logUnitsPerDecade or None)
 
     def startReconstruction(self, parameterNode, checkpoint: str, modelId: str, **callbacks):
         return self.impl.start(parameterNode.apVolume, parameterNode.lateralVolume, checkpoint,

@@ -33,8 +33,9 @@ class SamplingSettings:
     """How to sample: steps, sampler (``None`` = the worker's default), samples, seed, device;
     and how to read real films: encoding (``None``/``"auto"``: from the DICOM tags; or one per
     view, ``{"ap": "auto", "lateral": "display"}``), whether to
-    apply a DICOM VOI window, the pixel spacing ``(row, col)`` mm for films without one, and the
-    scatter-to-primary ratio removed from films (``None`` = the worker's default)."""
+    apply a DICOM VOI window, the pixel spacing ``(row, col)`` mm for films without one, the
+    scatter-to-primary ratio removed from films (``None`` = the worker's default), and the stored
+    units per decade of exposure of LOG films (``None``: estimated from a typical body)."""
 
     steps: int = 25
     sampler: str | None = None
@@ -46,6 +47,7 @@ class SamplingSettings:
     apply_voi: bool = False
     pixel_spacing: tuple[float, float] | None = None
     scatter_to_primary: float | None = None
+    log_units_per_decade: float | None = None
 
     def reading_options(self) -> Any:
         """The :class:`~DiffuX2CTLib.io.radiograph.RadiographOptions` the worker will read the films with."""
@@ -53,7 +55,8 @@ class SamplingSettings:
 
         extra = {} if self.scatter_to_primary is None else {"scatter_to_primary": self.scatter_to_primary}
         return RadiographOptions(xray_encoding=self.xray_encoding, apply_voi=self.apply_voi,
-                                 pixel_spacing_mm=self.pixel_spacing, **extra)
+                                 pixel_spacing_mm=self.pixel_spacing,
+                                 log_units_per_decade=self.log_units_per_decade, **extra)
 
 
 @dataclass
@@ -154,6 +157,7 @@ class ReconstructionLogic:
                 isocenter=isocenter_of(ap_node), xray_encoding=settings.xray_encoding,
                 apply_voi=settings.apply_voi, pixel_spacing=settings.pixel_spacing,
                 scatter_to_primary=settings.scatter_to_primary,
+                log_units_per_decade=settings.log_units_per_decade,
             )
             process.start(request)
         except BaseException:

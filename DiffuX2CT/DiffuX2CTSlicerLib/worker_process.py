@@ -99,7 +99,8 @@ class WorkerRequest:
     ``{"lateral": "display"}``), ``apply_voi`` (apply
     a DICOM VOI window), ``pixel_spacing`` (``(row, col)`` mm at the detector, for films that have
     none), ``scatter_to_primary`` (scatter removed from films; ``None`` = the worker's
-    default).
+    default), ``log_units_per_decade`` (stored units per decade of exposure of LOG films;
+    ``None``: the worker estimates the scale).
     """
 
     ap: str | os.PathLike
@@ -116,6 +117,7 @@ class WorkerRequest:
     apply_voi: bool = False
     pixel_spacing: Sequence[float] | None = None
     scatter_to_primary: float | None = None
+    log_units_per_decade: float | None = None
 
     def to_args(self, output: str | os.PathLike, std: str | os.PathLike | None = None) -> list[str]:
         """The worker's command-line arguments (without the interpreter and ``-m``)."""
@@ -146,6 +148,8 @@ class WorkerRequest:
             args += ["--pixel-spacing", ",".join(repr(v) for v in spacing)]
         if self.scatter_to_primary is not None:
             args += ["--scatter-to-primary", repr(float(self.scatter_to_primary))]
+        if self.log_units_per_decade is not None:
+            args += ["--log-units-per-decade", repr(float(self.log_units_per_decade))]
         args += ["--output", os.fspath(output)]
         if std is not None:
             args += ["--std", os.fspath(std)]

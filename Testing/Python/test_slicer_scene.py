@@ -181,6 +181,8 @@ def test_a_raw_detector_film_is_shown_as_the_model_reads_it(slicer_logics, tmp_p
 
     settings = SamplingSettings(scatter_to_primary=0.0, pixel_spacing=(0.5, 0.5))
     assert settings.reading_options().scatter_to_primary == 0.0 and settings.reading_options().pixel_spacing_mm == (0.5, 0.5)
+    assert settings.reading_options().log_units_per_decade is None
+    assert SamplingSettings(log_units_per_decade=1000.0).reading_options().log_units_per_decade == 1000.0
     plain = ReconstructionLogic(slicer_logics, sys.executable).load_xray(dicom, "ap", settings)
     assert json.loads(plain.GetAttribute("DiffuX2CT.XRayMetadata"))["scatter_correction"] == "off"
     # an encoding per view: the lateral read as a display film, the AP by its tags

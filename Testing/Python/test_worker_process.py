@@ -272,13 +272,15 @@ def test_request_reading_options_are_accepted_by_the_worker(tmp_path):
 
     request = WorkerRequest(ap="a.dcm", lateral="l.dcm", checkpoint="m.safetensors", xray_encoding="intensity",
                             apply_voi=True, pixel_spacing=(0.15, 0.15), isocenter=(-1.5, 2.0, -300.0),
-                            scatter_to_primary=0.0)
+                            scatter_to_primary=0.0, log_units_per_decade=1000.0)
     args = build_parser().parse_args(request.to_args(tmp_path / "ct.nrrd"))
     assert args.xray_encoding == "intensity" and args.apply_voi is True and args.scatter_to_primary == 0.0
+    assert args.log_units_per_decade == 1000.0
     assert tuple(args.pixel_spacing) == (0.15, 0.15) and tuple(args.isocenter) == (-1.5, 2.0, -300.0)
     default = build_parser().parse_args(WorkerRequest(ap="a", lateral="l", checkpoint="m").to_args(tmp_path / "c.nrrd"))
     assert default.xray_encoding == "auto" and default.apply_voi is False and default.pixel_spacing is None
     assert default.scatter_to_primary == 0.3  # the worker's default
+    assert default.log_units_per_decade is None  # estimated from a body prior
     # one encoding per view (the Slicer module's lateral encoding); "auto" views are left out
     mixed = WorkerRequest(ap="a", lateral="l", checkpoint="m", xray_encoding={"ap": "auto", "lateral": "display"})
     assert "lateral=display" in mixed.to_args(tmp_path / "c.nrrd")
