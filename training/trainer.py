@@ -240,7 +240,8 @@ def _train(config: TrainConfig, dist_info: DistInfo, stop: StopRequest, resume: 
     intensity = config.build_intensity()
     schedule = NoiseSchedule(config.build_diffusion_config())
     renderer = RadiographRenderer(geometry, config.data.xray_supersample, manifest.mu_water_per_mm)
-    film_augmenter = RadiographAugmenter(config.augment, geometry, config.data.xray_supersample, renderer.normalization)
+    film_augmenter = RadiographAugmenter(config.augment, geometry, config.data.xray_supersample, renderer.normalization,
+                                         manifest.mu_water_per_mm)
     projector = DRRProjector(geometry, mu_water_per_mm=manifest.mu_water_per_mm)
     objective = Objective(config.objective, schedule, intensity, projector)
     step_module: nn.Module = TrainingStep(model, objective)

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from DiffuX2CTLib.geometry import BiplanarGeometry
+from DiffuX2CTLib.io.intensity import MU_WATER_PER_MM
 from DiffuX2CTLib.io.xray import XRayImage, XRayNormalization
 
 from .config import AugmentConfig
@@ -74,14 +75,18 @@ class RadiographAugmenter:
         geometry: the model geometry (its detector is the network input).
         factor: supersampling of the line integrals given to :meth:`__call__`.
         normalization: the checkpoint's radiograph normalisation.
+        mu_water_per_mm: water attenuation (1/mm) of the training data, which the reader's body
+            prior for log and display films is expressed in (the checkpoint stores the same value,
+            and inference reads films with it).
     """
 
     def __init__(self, config: AugmentConfig, geometry: BiplanarGeometry, factor: int,
-                 normalization: XRayNormalization) -> None:
+                 normalization: XRayNormalization, mu_water_per_mm: float = MU_WATER_PER_MM) -> None:
         self.config = config
         self.geometry = geometry
         self.factor = int(factor)
         self.normalization = normalization
+        self.mu_water_per_mm = float(mu_water_per_mm)
         self.fine_spacing_mm = tuple(s / self.factor for s in geometry.detector_spacing_mm)
 
     @property
@@ -138,7 +143,8 @@ class RadiographAugmenter:
         else:
             xray = xray_from_dataset(build_dx_dataset(film, acquisition), f"{label}.dcm")
             options = RadiographOptions()
-        prepared = prepare_radiograph(xray, view, self.geometry, self.normalization, options)
+        prepared = prepare_radiograph(xray, view, self.geometry, self.normalization, options,
+                                      mu_water_per_mm=self.mu_water_per_mm)
         return prepared.pixels
 
 

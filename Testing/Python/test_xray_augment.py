@@ -105,3 +105,20 @@ def test_clinical_and_demo_configs_switch_films_on_paper_does_not():
     assert load_config("demo").augment.film_prob > 0
     assert load_config("clinical").augment.film_prob > 0
     assert load_config("paper").augment.film_prob == 0
+
+
+def test_films_are_read_with_the_training_datas_water_attenuation(rendered, monkeypatch):
+    """The reader's body prior (log and display films) is in units of the data's mu_water."""
+    import DiffuX2CTLib.io.radiograph as radiograph
+
+    seen = []
+    real = radiograph.prepare_radiograph
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("mu_water_per_mm"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(radiograph, "prepare_radiograph", recording)
+    fine, clean = rendered
+    RadiographAugmenter(AugmentConfig(film_prob=1.0), GEOMETRY, FACTOR, XRayNormalization(), 0.0251)(fine, clean, [3])
+    assert seen == [0.0251, 0.0251]  # both views
