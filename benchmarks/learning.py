@@ -68,9 +68,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="training precision: bf16 autocast or fp32; auto = bf16 where the CPU has bf16 hardware "
                         "(AVX512-BF16 or AMX), fp32 otherwise. Evaluation is always fp32")
     p.add_argument("--diffusion-steps", type=int, default=None,
-                   help=f"optimiser steps of each diffusion run (default {STEPS['bf16'][0]} in bf16, {STEPS['fp32'][0]} in fp32)")
+                   help=f"optimiser steps of each diffusion run "
+                        f"(default {STEPS['bf16'][0]} in bf16, {STEPS['fp32'][0]} in fp32)")
     p.add_argument("--regressor-steps", type=int, default=None,
-                   help=f"optimiser steps of the regressor (default {STEPS['bf16'][1]} in bf16, {STEPS['fp32'][1]} in fp32)")
+                   help=f"optimiser steps of the regressor "
+                        f"(default {STEPS['bf16'][1]} in bf16, {STEPS['fp32'][1]} in fp32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny smoke run (minutes; figures meaningless)")
     p.add_argument("--export-demo", action="store_true", help=f"export the diffusion model to {DEMO_MODEL.relative_to(REPO_ROOT)}")
@@ -133,7 +135,8 @@ def train_run(name: str, cache: Path, args: argparse.Namespace, overrides: list[
     run_dir = args.out / "runs" / name
     config = load_config("demo", [f"data.cache={cache}", f"run_dir={run_dir}", f"name={name}",
                                   f"train.max_steps={steps}", f"train.seed={args.seed}",
-                                  f"train.bf16={'true' if args.precision == 'bf16' else 'false'}", *args.overrides, *overrides])
+                                  f"train.bf16={'true' if args.precision == 'bf16' else 'false'}",
+                                  *args.overrides, *overrides])
     result = train(config, resume=True, progress=sys.stderr.isatty())
     if not result.finished:
         raise SystemExit(f"error: training run {name} was interrupted")
@@ -288,7 +291,8 @@ def main(argv=None) -> int:
         export_demo(runs["diffusion"], summaries["diffusion"], train_groups, test_groups, steps, target, registry)
         print(f"exported the diffusion model to {target}")
     print(json.dumps({"learning": figures, "precision": args.precision,
-                      "steps": {"diffusion": args.diffusion_steps, "regressor": args.regressor_steps}, "train_seconds": {k: round(v, 1) for k, v in train_seconds.items()},
+                      "steps": {"diffusion": args.diffusion_steps, "regressor": args.regressor_steps},
+                      "train_seconds": {k: round(v, 1) for k, v in train_seconds.items()},
                       "total_seconds": round(total, 1)}))
     return 0
 
